@@ -1,0 +1,125 @@
+"""The ``neurostorm`` command line: ``neurostorm SUBCOMMAND --help`` for each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from neurostorm import __version__
+from neurostorm.errors import InputError
+
+
+def _tr(value: str) -> float | None:
+    return None if value == "keep" else float(value)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from neurostorm.data.preprocess import PreprocessConfig, preprocess
+
+    config = PreprocessConfig(tr=args.tr, input_tr=args.input_tr, normalization=args.normalization,
+                              storage=args.storage, min_frames=args.min_frames, non_mni=args.non_mni)
+    result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
+                        labels_policy=args.labels_policy, progress=not args.quiet)
+    frames = sum(int(r["n_frames"]) for r in result.records)
+    subjects = len({r["subject"] for r in result.records})
+    print(f"store {args.out}: {len(result.records)} runs, {subjects} subjects, {frames} frames "
+          f"({len(result.processed)} preprocessed, {len(result.skipped)} already done, "
+          f"{len(result.failures)} failed)")
+    for failure in result.failures:
+        print(f"neurostorm preprocess: {failure}", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
+def _cmd_roi(args: argparse.Namespace) -> int:
+    from neurostorm.data.roi import extract_rois
+
+    summary = extract_rois(args.store, args.atlas, args.out, partial=args.partial, labels=args.atlas_labels,
+                           progress=not args.quiet)
+    print(f"{args.out}: {summary['n_runs']} runs × {summary['n_rois']} ROIs of atlas {summary['atlas']} "
+          f"(time series, Pearson and Fisher-z FC{', partial correlation' if args.partial else ''})")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from neurostorm.data.simulate import CohortConfig, simulate_cohort
+
+    config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames, tr=args.tr,
+                          voxel_mm=args.voxel_mm, orientation=args.orientation, seed=args.seed)
+    participants = simulate_cohort(args.out, config)
+    print(f"{args.out}: {len(participants)} subjects × {args.runs} runs of {args.frames} frames (TR {args.tr:g} s)")
+    return 0
+
+
+def _cmd_atlases(args: argparse.Namespace) -> int:
+    from neurostorm.data.atlases import describe_atlases
+
+    for line in describe_atlases():
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurostorm", description=__doc__.splitlines()[0] if __doc__ else None,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neurostorm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, helptext: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=helptext, description=helptext,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.set_defaults(handler=handler)
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        return command
+
+    pre = add("preprocess", "4D NIfTI / BIDS / fMRIPrep runs → normalised clips store", _cmd_preprocess)
+    pre.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files, folders or BIDS(-derivatives) folders")
+    pre.add_argument("--out", required=True, metavar="STORE", help="store folder (created or resumed)")
+    pre.add_argument("--workers", type=int, default=1, help="runs processed in parallel")
+    pre.add_argument("--tr", type=_tr, default=0.8, help="target TR in seconds, or 'keep'")
+    pre.add_argument("--input-tr", type=float, default=None, help="source TR in seconds when files lack it")
+    pre.add_argument("--labels", default=None, metavar="CSV", help="labels per subject (else participants.tsv)")
+    pre.add_argument("--labels-policy", choices=("strict", "lenient"), default="strict",
+                     help="strict: unknown/missing subjects or empty values are errors; lenient: warnings")
+    pre.add_argument("--normalization", choices=("zscore", "minmax"), default="zscore")
+    pre.add_argument("--storage", choices=("int8", "float16"), default="int8")
+    pre.add_argument("--min-frames", type=int, default=20, help="refuse runs shorter than this (one clip)")
+    pre.add_argument("--non-mni", choices=("error", "warn"), default="error",
+                     help="what to do with data that does not look like whole-brain MNI152")
+
+    roi = add("roi", "ROI time series and functional connectivity from a store", _cmd_roi)
+    roi.add_argument("store", metavar="STORE")
+    roi.add_argument("--atlas", required=True, help="atlas name (see 'neurostorm atlases') or a NIfTI label image")
+    roi.add_argument("--atlas-labels", default=None, help="CSV/TSV of index,name for a NIfTI atlas")
+    roi.add_argument("--out", required=True, metavar="DIR")
+    roi.add_argument("--partial", action="store_true", help="also partial correlation (Ledoit-Wolf)")
+
+    sim = add("simulate", "write a simulated fMRIPrep-style BIDS cohort on MNI152 anatomy", _cmd_simulate)
+    sim.add_argument("--out", required=True, metavar="DIR")
+    sim.add_argument("--subjects", type=int, default=8)
+    sim.add_argument("--runs", type=int, default=1, help="resting runs per subject")
+    sim.add_argument("--frames", type=int, default=60)
+    sim.add_argument("--tr", type=float, default=2.0, help="seconds")
+    sim.add_argument("--voxel-mm", type=float, default=2.0)
+    sim.add_argument("--orientation", choices=("RAS", "LAS"), default="RAS")
+    sim.add_argument("--seed", type=int, default=0)
+
+    add("atlases", "list the atlases available offline", _cmd_atlases)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        try:
+            return args.handler(args)
+        except InputError as err:
+            print(f"neurostorm {args.command}: {err}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""PyTorch datasets over a preprocessed store (clips) and over ROI outputs (time series, FC)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from neurostorm.data.store import Store
+
+
+class _Labelled:
+    """Label lookup shared by the datasets: numeric columns as float, others as class indices."""
+
+    def _init_labels(self, manifest: pd.DataFrame, label: str | None) -> None:
+        self.label = label
+        self.classes: list[str] | None = None
+        if label is None:
+            return
+        if label not in manifest.columns:
+            raise KeyError(f"no label column {label!r}; columns: {sorted(manifest.columns)}")
+        column = manifest[label]
+        if pd.api.types.is_numeric_dtype(column) and column.nunique() > 2:
+            self._label_of = {r: float(v) for r, v in zip(manifest["run_id"], column, strict=True)}
+        else:
+            self.classes = sorted(column.dropna().astype(str).unique())
+            index = {c: i for i, c in enumerate(self.classes)}
+            self._label_of = {r: index[str(v)] for r, v in zip(manifest["run_id"], column, strict=True)
+                              if pd.notna(v)}
+
+    def _label(self, run_id: str) -> torch.Tensor:
+        value = self._label_of[run_id]
+        return torch.tensor(value, dtype=torch.float32 if self.classes is None else torch.long)
+
+
+def _select(manifest: pd.DataFrame, subjects: Sequence[str] | None, label: str | None) -> pd.DataFrame:
+    rows = manifest if subjects is None else manifest[manifest["subject"].astype(str).isin(set(subjects))]
+    if label is not None and label in rows.columns:
+        rows = rows[rows[label].notna()]
+    return rows.reset_index(drop=True)
+
+
+class ClipDataset(Dataset, _Labelled):
+    """Clips of ``sequence_length`` frames from a store, as model input of shape (1, X, Y, Z, T).
+
+    Clips start every ``stride`` frames (default: non-overlapping). With ``random_crop`` each item draws a
+    random start inside its run instead (training-time augmentation in time); the number of items per
+    epoch stays the same. Items are dicts with ``x``, ``subject``, ``run_id``, ``start`` and ``y`` when a
+    label column is given.
+    """
+
+    def __init__(self, store: Store | str, subjects: Sequence[str] | None = None, sequence_length: int = 20,
+                 stride: int | None = None, random_crop: bool = False, label: str | None = None) -> None:
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.sequence_length = sequence_length
+        self.stride = stride or sequence_length
+        self.random_crop = random_crop
+        self.runs = _select(self.store.manifest, subjects, label)
+        self._init_labels(self.runs, label)
+        self.index: list[tuple[int, int]] = []  # (row in self.runs, start frame)
+        for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
+            starts = range(0, n_frames - sequence_length + 1, self.stride)
+            self.index.extend((row, start) for start in starts)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict:
+        row, start = self.index[item]
+        record = self.runs.iloc[row]
+        if self.random_crop:
+            start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))
+        clip = self.store.read_clip(record["run_id"], start, self.sequence_length)  # (T, X, Y, Z)
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, 0, -1)))[None]  # (1, X, Y, Z, T)
+        sample = {"x": x, "subject": str(record["subject"]), "run_id": record["run_id"], "start": start}
+        if self.label is not None:
+            sample["y"] = self._label(record["run_id"])
+        return sample
+
+
+class ROIDataset(Dataset, _Labelled):
+    """ROI time series (T, R) from an ``neurostorm roi`` folder; optional fixed-length windows."""
+
+    def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
+                 sequence_length: int | None = None) -> None:
+        self.root = Path(roi_dir)
+        self.runs = _select(pd.read_parquet(self.root / "manifest.parquet"), subjects, label)
+        self._init_labels(self.runs, label)
+        self.sequence_length = sequence_length
+        self.index: list[tuple[int, int]] = []
+        for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
+            length = sequence_length or n_frames
+            self.index.extend((row, start) for start in range(0, n_frames - length + 1, length))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict:
+        row, start = self.index[item]
+        record = self.runs.iloc[row]
+        series = np.load(self.root / "timeseries" / f"{record['run_id']}.npy", mmap_mode="r")
+        stop = start + (self.sequence_length or series.shape[0])
+        sample = {"x": torch.from_numpy(np.array(series[start:stop], dtype=np.float32)),
+                  "subject": str(record["subject"]), "run_id": record["run_id"], "start": start}
+        if self.label is not None:
+            sample["y"] = self._label(record["run_id"])
+        return sample
+
+
+class FCDataset(Dataset, _Labelled):
+    """Connectivity matrices (R, R) of one kind (``fisher_z``, ``pearson`` or ``partial``), one per run."""
+
+    def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
+                 kind: str = "fisher_z") -> None:
+        root = Path(roi_dir)
+        self.runs = _select(pd.read_parquet(root / "manifest.parquet"), subjects, label)
+        self._init_labels(self.runs, label)
+        with np.load(root / "fc.npz") as fc:
+            if kind not in fc:
+                raise KeyError(f"{root / 'fc.npz'} has no {kind!r} matrices (have {sorted(fc.files)})")
+            position = {r: i for i, r in enumerate(fc["run_id"].tolist())}
+            self.matrices = fc[kind][[position[r] for r in self.runs["run_id"]]]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, item: int) -> dict:
+        record = self.runs.iloc[item]
+        sample = {"x": torch.from_numpy(self.matrices[item]), "subject": str(record["subject"]),
+                  "run_id": record["run_id"]}
+        if self.label is not None:
+            sample["y"] = self._label(record["run_id"])
+        return sample

@@ -1,0 +1,245 @@
+"""Find fMRI runs in files, folders and BIDS / fMRIPrep derivatives, with their TR, mask and labels.
+
+BIDS file names are parsed into entities (``sub``, ``ses``, ``task``, ``run``, ``space``, ``desc`` ...)
+by one small parser; nothing here slices file names at fixed positions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from neurostorm.errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_ENTITY = re.compile(r"^(?P<key>[a-zA-Z0-9]+)-(?P<value>[a-zA-Z0-9+.]+)$")
+# MNI template variants a `space-` entity may name; the first matching prefix wins.
+MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin2009cSym", "MNI152NLin6Asym", "MNI152NLin6Sym", "MNI152Lin",
+              "MNI152")
+
+
+def split_extension(path: Path) -> tuple[str, str]:
+    """``sub-01_bold.nii.gz`` → (``sub-01_bold``, ``.nii.gz``)."""
+    name = path.name
+    for ext in (*NIFTI_SUFFIXES, ".json", ".tsv"):
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    return path.stem, path.suffix
+
+
+def parse_entities(path: Path, require_subject: bool = True) -> tuple[dict[str, str], str | None]:
+    """BIDS entities and suffix of a file name, e.g. ``({'sub': '01', 'task': 'rest'}, 'bold')``.
+
+    A name that is not BIDS-shaped (or has no ``sub`` entity, when required) gives ``({}, None)``.
+    """
+    stem, _ = split_extension(path)
+    *pairs, suffix = stem.split("_")
+    entities: dict[str, str] = {}
+    for pair in pairs:
+        match = _ENTITY.match(pair)
+        if match is None:
+            return {}, None
+        entities[match["key"]] = match["value"]
+    if not re.fullmatch(r"[a-zA-Z0-9]+", suffix) or (require_subject and "sub" not in entities):
+        return {}, None
+    return entities, suffix
+
+
+def template_of(space: str | None) -> str | None:
+    """The MNI template variant a BIDS ``space-`` value claims (``MNI152NLin6Asym`` ...), or None."""
+    if space is None:
+        return None
+    return next((variant for variant in MNI_SPACES if space.startswith(variant)), None)
+
+
+@dataclass
+class RunSource:
+    """One 4D BOLD run to preprocess."""
+
+    path: Path
+    run_id: str
+    subject: str
+    session: str | None = None
+    task: str | None = None
+    run: str | None = None
+    space: str | None = None
+    mask_path: Path | None = None
+    sidecar: dict = field(default_factory=dict)
+    dataset_root: Path | None = None
+
+    @property
+    def template(self) -> str | None:
+        return template_of(self.space)
+
+
+def _run_id(entities: dict[str, str]) -> str:
+    keys = ("sub", "ses", "task", "acq", "rec", "dir", "run", "echo")
+    return "_".join(f"{k}-{entities[k]}" for k in keys if k in entities)
+
+
+def _bids_sidecar(path: Path, entities: dict[str, str], root: Path | None) -> dict:
+    """Merge JSON sidecars by BIDS inheritance: files higher up first, the file's own sidecar last."""
+    folders = [path.parent]
+    if root is not None:
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            parent = parent.parent
+            folders.append(parent)
+    merged: dict = {}
+    for folder in reversed(folders):
+        for candidate in sorted(folder.glob("*_bold.json")):
+            # top-level sidecars such as task-rest_bold.json carry no `sub`
+            cand_entities, cand_suffix = parse_entities(candidate, require_subject=False)
+            if cand_suffix == "bold" and all(entities.get(k) == v for k, v in cand_entities.items()):
+                try:
+                    merged.update(json.loads(candidate.read_text()))
+                except json.JSONDecodeError as err:
+                    raise InputError(candidate, f"invalid JSON sidecar ({err})") from None
+    return merged
+
+
+def _bids_mask(path: Path, entities: dict[str, str]) -> Path | None:
+    """The fMRIPrep ``desc-brain_mask`` that shares this run's entities (except ``desc``), if any."""
+    wanted = {k: v for k, v in entities.items() if k != "desc"}
+    for candidate in sorted(path.parent.glob("*_mask.nii*")):
+        cand_entities, suffix = parse_entities(candidate)
+        if suffix == "mask" and cand_entities.get("desc") == "brain" and \
+                {k: v for k, v in cand_entities.items() if k != "desc"} == wanted:
+            return candidate
+    return None
+
+
+def _is_bids_bold(entities: dict[str, str], suffix: str | None) -> bool:
+    if suffix != "bold":
+        return False
+    # fMRIPrep derivatives: keep MNI-space preprocessed runs only (not T1w/native-space copies)
+    if "space" in entities:
+        return template_of(entities["space"]) is not None and entities.get("desc", "preproc") == "preproc"
+    return True
+
+
+def _source_from_file(path: Path, root: Path | None) -> RunSource:
+    entities, suffix = parse_entities(path)
+    if entities and suffix == "bold":
+        return RunSource(
+            path=path, run_id=_run_id(entities), subject=entities["sub"], session=entities.get("ses"),
+            task=entities.get("task"), run=entities.get("run"), space=entities.get("space"),
+            mask_path=_bids_mask(path, entities), sidecar=_bids_sidecar(path, entities, root),
+            dataset_root=root,
+        )
+    stem, _ = split_extension(path)
+    clean = re.sub(r"[^a-zA-Z0-9]+", "", stem) or "run"
+    sidecar_path = path.with_name(stem + ".json")
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
+    return RunSource(path=path, run_id=f"sub-{clean}", subject=clean, sidecar=sidecar, dataset_root=root)
+
+
+def discover(inputs: list[str | Path]) -> list[RunSource]:
+    """Runs found in ``inputs``: NIfTI files, plain folders of NIfTI files, or BIDS(-derivatives) folders.
+
+    In a BIDS folder (one with ``dataset_description.json`` or ``sub-*`` folders) only ``*_bold.nii[.gz]``
+    files count, and of fMRIPrep derivatives only ``space-MNI152*`` ``desc-preproc`` runs.
+    """
+    sources: list[RunSource] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise InputError(item, "no such file or folder")
+        if item.is_file():
+            if not item.name.endswith(NIFTI_SUFFIXES):
+                raise InputError(item, "not a NIfTI file (.nii or .nii.gz)")
+            sources.append(_source_from_file(item, None))
+            continue
+        is_bids = (item / "dataset_description.json").exists() or any(item.glob("sub-*"))
+        files = sorted(p for ext in NIFTI_SUFFIXES for p in item.rglob(f"*{ext}"))
+        if is_bids:
+            files = [p for p in files if _is_bids_bold(*parse_entities(p))]
+        if not files:
+            raise InputError(item, "no fMRI runs found (looked for *_bold.nii[.gz] or *.nii[.gz])")
+        sources.extend(_source_from_file(p, item) for p in files)
+    seen: dict[str, Path] = {}
+    for source in sources:
+        if source.run_id in seen:
+            raise InputError(source.path, f"run id {source.run_id} already used by {seen[source.run_id]}")
+        seen[source.run_id] = source.path
+    return sources
+
+
+def repetition_time(source: RunSource, header: nib.Nifti1Header, override: float | None = None) -> float:
+    """TR in seconds: ``override``, else the sidecar's RepetitionTime, else the NIfTI header.
+
+    A header whose time unit says seconds but whose TR is above 100 is read as milliseconds (a known
+    header defect, e.g. nibabel's ``example4d.nii.gz``), with a warning.
+    """
+    if override is not None:
+        return float(override)
+    if "RepetitionTime" in source.sidecar:
+        tr = float(source.sidecar["RepetitionTime"])
+        if not tr > 0:
+            raise InputError(source.path, f"RepetitionTime {tr} in the JSON sidecar is not positive")
+        return tr
+    zooms = header.get_zooms()
+    tr = float(zooms[3]) if len(zooms) > 3 else 0.0
+    unit = header.get_xyzt_units()[1]
+    if not np.isfinite(tr) or tr <= 0:
+        raise InputError(source.path, "missing TR: no RepetitionTime in a JSON sidecar and pixdim[4] is 0 "
+                                      "(give --input-tr SECONDS)")
+    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    if scale == 1.0 and tr > 100:
+        warnings.warn(f"{source.path}: header TR {tr} with unit '{unit}' read as milliseconds", stacklevel=2)
+        scale = 1e-3
+    return tr * scale
+
+
+def _subject_key(value: object) -> str:
+    text = str(value).strip()
+    return text[4:] if text.startswith("sub-") else text
+
+
+def read_labels(path: Path, subjects: list[str], strict: bool = True) -> pd.DataFrame:
+    """Labels per subject from a BIDS ``participants.tsv`` or a CSV/TSV with a subject column.
+
+    Returns a frame indexed by subject (without ``sub-``). With ``strict``, a subject without a row, a
+    row for an unknown subject, or an empty value is an :class:`InputError`; otherwise a warning.
+    """
+    sep = "\t" if path.suffix == ".tsv" else ","
+    try:
+        table = pd.read_csv(path, sep=sep, na_values=["n/a", "NA", ""], keep_default_na=True, dtype=str)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot parse label table ({err})") from None
+    id_column = next((c for c in ("participant_id", "subject", "subject_id", "sub") if c in table.columns), None)
+    if id_column is None:
+        raise InputError(path, "no subject column (participant_id, subject, subject_id or sub)")
+    table["subject"] = table.pop(id_column).map(_subject_key)
+    if table["subject"].duplicated().any():
+        dup = sorted(table.loc[table["subject"].duplicated(), "subject"])
+        raise InputError(path, f"duplicate rows for subject(s) {', '.join(dup)}")
+    table = table.set_index("subject")
+    problems = []
+    unknown = sorted(set(table.index) - set(subjects))
+    missing = sorted(set(subjects) - set(table.index))
+    if unknown:
+        problems.append(f"rows for subject(s) not in the data: {', '.join(unknown)}")
+    if missing:
+        problems.append(f"no row for subject(s): {', '.join(missing)}")
+    known = table.loc[table.index.isin(subjects)]
+    for column in known.columns:
+        empty = sorted(known.index[known[column].isna()])
+        if empty:
+            problems.append(f"missing '{column}' for subject(s): {', '.join(empty)}")
+    if problems and strict:
+        raise InputError(path, "; ".join(problems) + " (use --labels-policy lenient to keep going)")
+    for problem in problems:
+        warnings.warn(f"{path}: {problem}", stacklevel=2)
+    return table.loc[table.index.isin(subjects)].apply(_numeric_if_possible)
+
+
+def _numeric_if_possible(column: pd.Series) -> pd.Series:
+    converted = pd.to_numeric(column, errors="coerce")
+    return converted if converted.notna().sum() == column.notna().sum() else column

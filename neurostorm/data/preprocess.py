@@ -1,0 +1,380 @@
+"""Preprocessing: 4D NIfTI in MNI space → normalised, compactly stored frames on one fixed grid.
+
+Per run, streaming frames so memory stays bounded whatever the run length:
+
+1. read frames in time order (``block_frames`` at a time, float32), refusing NaN/Inf;
+2. reslice each frame onto the target grid by affine (:mod:`neurostorm.data.grid`); negatives → 0;
+3. resample in time to the target TR by linear interpolation (or keep the TR);
+4. pass 1 accumulates per-voxel sums to get the brain mask (given file, else non-zero voxels), the global
+   mean/std (or min/max) over brain voxels and all frames, and checks the run is whole-brain MNI;
+5. pass 2 repeats 1–3, normalises (z-score over brain voxels, background filled with the minimum of the
+   normalised brain values), quantises and writes each frame (:class:`neurostorm.data.store.RunWriter`).
+
+Every run's normalisation statistics and parameters go to the manifest, so users of pretrained weights
+can reproduce exactly the input the weights expect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from neurostorm import __version__
+from neurostorm.data.grid import GRIDS, Grid, Reslicer, template_brain_mask
+from neurostorm.data.ingest import RunSource, discover, read_labels, repetition_time
+from neurostorm.data.store import (
+    STORE_FORMAT,
+    RunWriter,
+    completed_record,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from neurostorm.errors import InputError
+
+_READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of preprocessing; all but ``block_frames`` are recorded with every run."""
+
+    tr: float | None = 0.8  # target TR in seconds; None keeps each run's own TR
+    input_tr: float | None = None  # override the source TR (when headers and sidecars lack it)
+    grid: str = "mni152-fsl-2mm-96"
+    normalization: str = "zscore"  # "zscore" or "minmax", over brain voxels and all frames
+    storage: str = "int8"  # "int8" (per-frame symmetric scale) or "float16"
+    min_frames: int = 20  # a run shorter than this after resampling is refused (one clip)
+    non_mni: str = "error"  # "error" or "warn" when the data does not look like whole-brain MNI
+    min_mni_overlap: float = 0.8  # share of the data's brain inside the (dilated) MNI brain
+    min_mni_coverage: float = 0.5  # share of the MNI brain covered by the data's brain
+    block_frames: int = 16  # frames decoded at once (memory vs. speed; not recorded)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "normalization": ("zscore", "minmax"), "storage": ("int8", "float16"), "non_mni": ("error", "warn"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; known: {sorted(GRIDS)}")
+        if self.tr is not None and self.tr <= 0:
+            raise ValueError(f"target TR must be positive, got {self.tr}")
+
+    def recorded(self) -> dict:
+        params = asdict(self)
+        params.pop("block_frames")
+        return params
+
+
+@dataclass
+class PreprocessResult:
+    records: list[dict] = field(default_factory=list)  # every complete run in the store
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[InputError] = field(default_factory=list)
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_length(n_source: int, tr_source: float, tr_target: float | None) -> int:
+    """Number of frames after resampling ``n_source`` frames from ``tr_source`` to ``tr_target``."""
+    if tr_target is None or abs(tr_target - tr_source) < 1e-9:
+        return n_source
+    return int(np.floor((n_source - 1) * tr_source / tr_target + 1e-9)) + 1
+
+
+def resample_time(frames: Iterator[np.ndarray], n_source: int, tr_source: float,
+                  tr_target: float | None) -> Iterator[np.ndarray]:
+    """Linear interpolation in time, holding two frames at a time. Frame j is at time j·tr_target."""
+    if output_length(n_source, tr_source, tr_target) == n_source:
+        yield from frames
+        return
+    source = iter(frames)
+    lower_index, lower = 0, next(source)
+    upper = next(source, None)  # frame lower_index + 1
+    for j in range(output_length(n_source, tr_source, tr_target)):
+        position = j * tr_target / tr_source  # in source frames
+        while upper is not None and position >= lower_index + 1 - 1e-9:
+            lower_index, lower, upper = lower_index + 1, upper, next(source, None)
+        weight = position - lower_index
+        yield lower if upper is None or weight < 1e-6 else (1.0 - weight) * lower + weight * upper
+
+
+class _Run:
+    """One source run opened for streaming; validates what can be checked from the header."""
+
+    def __init__(self, source: RunSource, config: PreprocessConfig) -> None:
+        self.source, self.config = source, config
+        path = source.path
+        try:
+            self.img = nib.load(path, keep_file_open=True)
+        except _READ_ERRORS as err:
+            raise InputError(path, f"cannot read NIfTI header ({err})") from None
+        shape = self.img.shape
+        if len(shape) > 4 and all(s == 1 for s in shape[4:]):
+            shape = shape[:4]
+        if len(shape) != 4:
+            kind = "a 3D image" if len(shape) == 3 else f"a {len(shape)}D image"
+            raise InputError(path, f"expected a 4D image (x, y, z, time), got {kind} of shape {self.img.shape}")
+        if abs(np.linalg.det(self.img.affine[:3, :3])) < 1e-6:
+            raise InputError(path, "singular affine: voxel sizes are zero or axes are degenerate")
+        self.shape = shape
+        self.tr_source = repetition_time(source, self.img.header, config.input_tr)
+        self.tr = self.tr_source if config.tr is None else config.tr
+        self.n_frames = output_length(shape[3], self.tr_source, config.tr)
+        if self.n_frames < config.min_frames:
+            raise InputError(path, f"{self.n_frames} frames after resampling to TR {self.tr:g} s, "
+                                   f"fewer than one clip of {config.min_frames}")
+        self.grid: Grid = GRIDS[config.grid]
+        self.reslice = Reslicer(self.img.affine, shape, self.grid, order=1)
+
+    def _source_frames(self) -> Iterator[np.ndarray]:
+        n, block = self.shape[3], self.config.block_frames
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            try:
+                data = np.asarray(self.img.dataobj[..., start:stop], dtype=np.float32)
+            except _READ_ERRORS as err:
+                raise InputError(self.source.path, f"cannot read frames {start}-{stop - 1}: {err} "
+                                                   "(truncated or corrupt file?)") from None
+            data = data.reshape(*self.shape[:3], stop - start)
+            nonfinite = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+            if nonfinite:
+                raise InputError(self.source.path, f"{nonfinite} NaN/Inf voxel values in frames {start}-{stop - 1}")
+            for index in range(stop - start):
+                yield data[..., index]
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Frames on the target grid at the target TR, negatives set to 0; each float32 ``grid.shape``."""
+        resliced = (np.maximum(self.reslice(frame), 0.0) for frame in self._source_frames())
+        return resample_time(resliced, self.shape[3], self.tr_source, self.config.tr)
+
+    def brain_mask(self, mean_frame: np.ndarray) -> tuple[np.ndarray, str]:
+        if self.source.mask_path is None:
+            return mean_frame > 0, "data"
+        try:
+            mask_img = nib.load(self.source.mask_path)
+            mask_data = np.asarray(mask_img.dataobj, dtype=np.float32)
+        except _READ_ERRORS as err:
+            raise InputError(self.source.mask_path, f"cannot read brain mask ({err})") from None
+        mask_data = mask_data.reshape(mask_data.shape[:3]) if mask_data.ndim > 3 and \
+            all(s == 1 for s in mask_data.shape[3:]) else mask_data
+        if mask_data.ndim != 3:
+            raise InputError(self.source.mask_path, f"brain mask must be 3D, got shape {mask_data.shape}")
+        resliced = Reslicer(mask_img.affine, mask_data.shape, self.grid, order=0)(mask_data) > 0.5
+        return resliced, f"file:{self.source.mask_path}"
+
+
+def _check_mni(path: Path, mask: np.ndarray, grid: Grid, config: PreprocessConfig) -> tuple[float, float]:
+    template = template_brain_mask(grid)
+    overlap = float((mask & ndimage.binary_dilation(template, iterations=2)).sum() / max(mask.sum(), 1))
+    coverage = float((mask & template).sum() / template.sum())
+    if overlap < config.min_mni_overlap or coverage < config.min_mni_coverage:
+        message = (f"does not look like whole-brain MNI152 data: {overlap:.0%} of its brain lies inside the "
+                   f"MNI brain (need {config.min_mni_overlap:.0%}) and it covers {coverage:.0%} of it "
+                   f"(need {config.min_mni_coverage:.0%}); register it to MNI152 first")
+        if config.non_mni == "error":
+            raise InputError(path, message + " or pass --non-mni warn")
+        warnings.warn(f"{path}: {message}", stacklevel=2)
+    return overlap, coverage
+
+
+def preprocess_run(source: RunSource, store: Path, config: PreprocessConfig, checksum: str) -> dict:
+    """Preprocess one run into ``store/runs/<run_id>.zarr``; returns its manifest record."""
+    run = _Run(source, config)
+    shape = run.grid.shape
+    total = np.zeros(shape, np.float64)
+    total_sq = np.zeros(shape, np.float64)
+    low = np.full(shape, np.inf, np.float32)
+    high = np.full(shape, -np.inf, np.float32)
+    for frame in run.frames():  # pass 1: statistics
+        total += frame
+        total_sq += np.square(frame, dtype=np.float64)
+        np.minimum(low, frame, out=low)
+        np.maximum(high, frame, out=high)
+    mask, mask_source = run.brain_mask(total / run.n_frames)
+    n_brain = int(mask.sum())
+    if n_brain == 0:
+        raise InputError(source.path, f"empty brain mask ({mask_source})")
+    overlap, coverage = _check_mni(source.path, mask, run.grid, config)
+    count = n_brain * run.n_frames
+    mean = float(total[mask].sum() / count)
+    std = float(np.sqrt(max(total_sq[mask].sum() / count - mean**2, 0.0)))
+    brain_min, brain_max = float(low[mask].min()), float(high[mask].max())
+    if std <= 1e-6 * max(abs(mean), 1.0) or brain_max - brain_min <= 0:
+        raise InputError(source.path, "zero variance over brain voxels (constant image)")
+    if config.normalization == "zscore":
+        offset, divisor = mean, std
+    else:
+        offset, divisor = brain_min, brain_max - brain_min
+    fill = (brain_min - offset) / divisor
+    del total, total_sq, low, high
+
+    writer = RunWriter(store, source.run_id, run.n_frames, shape, config.storage, mask)
+    squared_error = 0.0
+    try:
+        for frame in run.frames():  # pass 2: normalise, quantise, write
+            normed = np.where(mask, (frame - offset) / divisor, fill).astype(np.float32)
+            if config.storage == "int8":
+                scale = float(np.abs(normed).max()) / 127.0 or 1.0
+                stored = np.clip(np.rint(normed / scale), -127, 127).astype(np.int8)
+                restored = stored.astype(np.float32) * scale
+            else:
+                scale = None
+                stored = normed.astype(np.float16)
+                restored = stored.astype(np.float32)
+            squared_error += float(np.square(restored[mask] - normed[mask], dtype=np.float64).sum())
+            writer.append(stored, scale)
+        record = {
+            "run_id": source.run_id, "subject": source.subject, "session": source.session,
+            "task": source.task, "run": source.run, "space": source.space, "template": source.template,
+            "path": f"runs/{source.run_id}.zarr", "source_path": str(source.path.resolve()),
+            "source_sha256": checksum, "source_shape": list(run.shape),
+            "source_voxel_mm": [float(z) for z in run.img.header.get_zooms()[:3]],
+            "source_orientation": "".join(nib.aff2axcodes(run.img.affine)),
+            "exact_reslice": run.reslice.exact, "source_tr": run.tr_source, "tr": run.tr,
+            "n_source_frames": int(run.shape[3]), "n_frames": run.n_frames,
+            "mask_source": mask_source, "n_brain_voxels": n_brain,
+            "mni_overlap": overlap, "mni_coverage": coverage,
+            "norm_mean": mean, "norm_std": std, "norm_min": brain_min, "norm_max": brain_max,
+            "fill_value": float(fill), "storage": config.storage,
+            "quantization_rmse": float(np.sqrt(squared_error / count)),
+            "params": json.dumps(config.recorded(), sort_keys=True), "neurostorm_version": __version__,
+        }
+        writer.commit(record)
+    except BaseException:
+        writer.abort()
+        raise
+    return record
+
+
+def _label_table(sources: list[RunSource], labels: Path | None, strict: bool) -> pd.DataFrame | None:
+    """Labels per subject from ``labels`` or the BIDS ``participants.tsv`` of each dataset."""
+    subjects = sorted({s.subject for s in sources})
+    tables = []
+    if labels is not None:
+        tables.append(read_labels(labels, subjects, strict))
+    else:
+        for root in sorted({s.dataset_root for s in sources if s.dataset_root is not None}):
+            participants = root / "participants.tsv"
+            if participants.exists():
+                root_subjects = sorted({s.subject for s in sources if s.dataset_root == root})
+                tables.append(read_labels(participants, root_subjects, strict))
+    return pd.concat(tables) if tables else None
+
+
+def _update_labels(store: Path, table: pd.DataFrame | None) -> None:
+    """Merge ``table`` into ``store/labels.parquet``: its subjects' rows replace earlier ones."""
+    if table is None:
+        return
+    path = store / "labels.parquet"
+    table = table.reset_index()
+    if path.exists():
+        earlier = pd.read_parquet(path)
+        table = pd.concat([earlier[~earlier["subject"].isin(table["subject"])], table], ignore_index=True)
+    write_parquet_atomic(path, table)
+
+
+def _process_one(source: RunSource, store: Path, config: PreprocessConfig) -> dict:
+    checksum = sha256_of(source.path)
+    previous = completed_record(store / "runs" / f"{source.run_id}.zarr")
+    if previous and previous["source_sha256"] == checksum and previous["params"] == \
+            json.dumps(config.recorded(), sort_keys=True):
+        return {**previous, "_skipped": True}
+    return preprocess_run(source, store, config, checksum)
+
+
+def write_manifest(store: Path) -> pd.DataFrame:
+    """Rebuild ``manifest.parquet`` from every complete run group and the labels (atomically)."""
+    rows = []
+    for path in sorted((store / "runs").glob("*.zarr")):
+        if (record := completed_record(path)) is not None:
+            record.pop("complete")
+            record["source_shape"] = json.dumps(record["source_shape"])
+            record["source_voxel_mm"] = json.dumps(record["source_voxel_mm"])
+            rows.append(record)
+    table = pd.DataFrame(rows)
+    labels_path = store / "labels.parquet"
+    if labels_path.exists() and not table.empty:
+        table = table.merge(pd.read_parquet(labels_path), on="subject", how="left")
+    write_parquet_atomic(store / "manifest.parquet", table)
+    return table
+
+
+def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConfig | None = None,
+               workers: int = 1, labels: str | Path | None = None, labels_policy: str = "strict",
+               progress: bool = True) -> PreprocessResult:
+    """Preprocess every run found in ``inputs`` into the store at ``out``.
+
+    Resumable: a run whose complete output already exists with the same source checksum and parameters
+    is skipped. Runs with bad input are reported in ``result.failures`` (the others are still written).
+    """
+    config = config or PreprocessConfig()
+    store = Path(out)
+    sources = discover(list(inputs))
+    labels_path = Path(labels) if labels is not None else None
+    if labels_path is not None and not labels_path.exists():
+        raise InputError(labels_path, "no such label file")
+    label_table = _label_table(sources, labels_path, strict=labels_policy == "strict")
+
+    (store / "runs").mkdir(parents=True, exist_ok=True)
+    info_path = store / "store.json"
+    grid = GRIDS[config.grid]
+    if info_path.exists():
+        existing = json.loads(info_path.read_text())
+        if existing.get("grid", {}).get("name") != grid.name:
+            raise InputError(store, f"store grid {existing.get('grid', {}).get('name')} differs from {grid.name}")
+    write_json_atomic(info_path, {"format": STORE_FORMAT, "grid": grid.to_dict(), "neurostorm_version": __version__})
+    remove_stale_temporaries(store)
+    template_brain_mask(grid)  # load once before forking workers
+
+    result = PreprocessResult()
+    bar = tqdm(total=len(sources), desc="preprocess", unit="run", disable=not progress)
+
+    def collect(source: RunSource, outcome: dict | InputError) -> None:
+        if isinstance(outcome, InputError):
+            result.failures.append(outcome)
+        elif outcome.pop("_skipped", False):
+            result.skipped.append(source.run_id)
+        else:
+            result.processed.append(source.run_id)
+        bar.update()
+
+    if workers <= 1:
+        for source in sources:
+            try:
+                collect(source, _process_one(source, store, config))
+            except InputError as err:
+                collect(source, err)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_process_one, s, store, config): s for s in sources}
+            for future in as_completed(futures):
+                try:
+                    collect(futures[future], future.result())
+                except InputError as err:
+                    collect(futures[future], err)
+    bar.close()
+    _update_labels(store, label_table)
+    result.records = write_manifest(store).to_dict("records")
+    return result

@@ -1,0 +1,125 @@
+"""ROI time series and functional connectivity from a preprocessed store.
+
+Output folder::
+
+    atlas.json                  atlas name, source and ROI names
+    rois.tsv                    index, name, voxels on the grid, centroid (mm)
+    timeseries/<run_id>.npy     (T, R) float32 mean normalised signal per ROI
+    fc.npz                      run_id (N,), pearson / fisher_z [/ partial] (N, R, R) float32
+    manifest.parquet            the store manifest's rows of these runs (labels included)
+
+Each ROI is averaged over its voxels inside the run's brain mask; an ROI with no such voxel gets a zero
+time series and zero connectivity (a warning names how many).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.covariance import LedoitWolf
+from tqdm.auto import tqdm
+
+from neurostorm.data.atlases import Atlas, load_atlas
+from neurostorm.data.grid import Grid
+from neurostorm.data.store import Store, write_json_atomic, write_parquet_atomic
+
+
+def roi_weights(atlas: Atlas, mask: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Averaging matrix (V, R) restricted to ``mask`` (flattened grid), and which ROIs are empty."""
+    flat_mask = mask.ravel()
+    rows, cols, vals = [], [], []
+    empty = np.zeros(len(atlas.voxels), dtype=bool)
+    for r, voxels in enumerate(atlas.voxels):
+        inside = voxels[flat_mask[voxels]]
+        empty[r] = inside.size == 0
+        rows.append(inside)
+        cols.append(np.full(inside.size, r))
+        vals.append(np.full(inside.size, 1.0 / max(inside.size, 1), dtype=np.float32))
+    weights = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                shape=(flat_mask.size, len(atlas.voxels)))
+    return weights, empty
+
+
+def pearson_fc(timeseries: np.ndarray) -> np.ndarray:
+    """(T, R) → (R, R) Pearson correlation; constant ROIs get 0 off the diagonal, 1 on it."""
+    centred = timeseries - timeseries.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=0)
+    safe = np.where(norms > 0, norms, 1.0)
+    corr = (centred.T @ centred) / np.outer(safe, safe)
+    corr[norms == 0, :] = 0.0
+    corr[:, norms == 0] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)
+
+
+def fisher_z(corr: np.ndarray) -> np.ndarray:
+    """arctanh of a correlation matrix, diagonal 0."""
+    z = np.arctanh(np.clip(corr, -0.999999, 0.999999))
+    np.fill_diagonal(z, 0.0)
+    return z
+
+
+def partial_fc(timeseries: np.ndarray) -> np.ndarray:
+    """(T, R) → (R, R) partial correlation from the Ledoit-Wolf shrunk precision matrix; diagonal 1."""
+    std = timeseries.std(axis=0)
+    standardised = (timeseries - timeseries.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    precision = LedoitWolf().fit(standardised).precision_
+    d = np.sqrt(np.diag(precision))
+    partial = -precision / np.outer(d, d)
+    np.fill_diagonal(partial, 1.0)
+    return partial
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial: bool = False,
+                 labels: str | None = None, progress: bool = True) -> dict:
+    """Write ROI time series and FC for every run of the store; returns a summary dict."""
+    store = Store(store_location)
+    grid_info = store.info["grid"]
+    grid = Grid(grid_info["name"], tuple(grid_info["shape"]), tuple(map(tuple, grid_info["affine"])))
+    atlas = load_atlas(atlas_name, grid, labels)
+    out = Path(out)
+    (out / "timeseries").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "atlas.json", {"name": atlas.name, "source": atlas.source, "names": atlas.names})
+    table = atlas.table()
+    table.to_csv(out / "rois.tsv.tmp", sep="\t", index=False)
+    os.replace(out / "rois.tsv.tmp", out / "rois.tsv")
+
+    run_ids = store.manifest["run_id"].tolist()
+    matrices: dict[str, list[np.ndarray]] = {"pearson": [], "fisher_z": []}
+    if partial:
+        matrices["partial"] = []
+    empty_counts = []
+    for run_id in tqdm(run_ids, desc="roi", unit="run", disable=not progress):
+        weights, empty = roi_weights(atlas, store.read_mask(run_id))
+        empty_counts.append(int(empty.sum()))
+        blocks = [weights.T @ block.reshape(len(block), -1).T for block in store.iter_frames(run_id)]
+        timeseries = np.concatenate(blocks, axis=1).T.astype(np.float32)  # (T, R)
+        _save_npy_atomic(out / "timeseries" / f"{run_id}.npy", timeseries)
+        corr = pearson_fc(timeseries.astype(np.float64))
+        matrices["pearson"].append(corr)
+        matrices["fisher_z"].append(fisher_z(corr))
+        if partial:
+            matrices["partial"].append(partial_fc(timeseries.astype(np.float64)))
+    if any(empty_counts):
+        warnings.warn(f"{sum(1 for c in empty_counts if c)} runs have ROIs outside their brain mask "
+                      f"(up to {max(empty_counts)} of {len(atlas.names)}); those ROIs are set to zero", stacklevel=2)
+    tmp = out / f".fc.tmp-{uuid.uuid4().hex}.npz"
+    np.savez(tmp, run_id=np.asarray(run_ids), **{k: np.stack(v).astype(np.float32) for k, v in matrices.items()})
+    os.replace(tmp, out / "fc.npz")
+    write_parquet_atomic(out / "manifest.parquet", store.manifest)
+    summary = {"atlas": atlas.name, "n_rois": len(atlas.names), "n_runs": len(run_ids), "store": store.location,
+               "kinds": list(matrices)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

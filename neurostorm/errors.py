@@ -1,0 +1,17 @@
+"""The one exception type that user-facing commands turn into a one-line message."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class InputError(ValueError):
+    """Bad input: names the offending file and says what is wrong with it.
+
+    ``str(err)`` is ``"<path>: <problem>"`` so the CLI can print it as one line.
+    """
+
+    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

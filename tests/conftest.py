@@ -1,0 +1,58 @@
+"""Shared fixtures: a small simulated fMRIPrep cohort and its preprocessed store (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neurostorm.data.preprocess import PreprocessConfig, preprocess
+from neurostorm.data.simulate import CohortConfig, output_grid, simulate_cohort
+
+TEST_DATA = Path(__file__).resolve().parent / "data"
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> Path:
+    """6 subjects, one 24-frame resting run each (TR 2 s), fMRIPrep res-2 RAS grid, participants.tsv."""
+    out = tmp_path_factory.mktemp("cohort")
+    simulate_cohort(out, CohortConfig(subjects=6, n_frames=24, tr=2.0, seed=3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "store"
+    result = preprocess([cohort], out, PreprocessConfig(), progress=False)
+    assert not result.failures
+    return out
+
+
+def write_run(path: Path, data: np.ndarray, affine: np.ndarray, tr: float | None = 2.0) -> Path:
+    """Save a NIfTI with TR in the header (``tr=None`` leaves pixdim[4] at 0)."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    if data.ndim == 4:
+        img.header["pixdim"][4] = 0.0 if tr is None else tr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+def mni_brain_run(n_frames: int = 30, orientation: str = "RAS", voxel_mm: float = 2.0, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(data, affine) of a noisy whole-brain run on an MNI grid, brain from nilearn's template mask."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    from neurostorm.data.grid import Reslicer
+
+    grid = output_grid(voxel_mm, orientation)
+    mask_img = load_mni152_brain_mask(resolution=2)
+    brain = Reslicer(mask_img.affine, mask_img.shape, grid, order=0)(np.asarray(mask_img.dataobj, np.float32)) > 0
+    rng = np.random.default_rng(seed)
+    data = np.zeros((*grid.shape, n_frames), np.float32)
+    data[brain] = 1000 + 20 * rng.standard_normal((brain.sum(), n_frames))
+    return data, grid.affine
