@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--labels", default=None, metavar="CSV", help="labels per subject (else participants.tsv)")
     pre.add_argument("--labels-policy", choices=("strict", "lenient"), default="strict",
                      help="strict: unknown/missing subjects or empty values are errors; lenient: warnings")
-    pre.add_argument("--normalization", choices=("zscore", "minmax"), default="zscore")
-    pre.add_argument("--storage", choices=("int8", "float16"), default="int8")
+    pre.add_argument("--normalization", choices=("zscore", "minmax"), default="zscore",
+                     help="per-run normalisation over brain voxels and all frames")
+    pre.add_argument("--storage", choices=("int8", "float16"), default="int8",
+                     help="stored value type (int8 uses a per-frame scale)")
     pre.add_argument("--min-frames", type=int, default=20, help="refuse runs shorter than this (one clip)")
     pre.add_argument("--non-mni", choices=("error", "warn"), default="error",
                      help="what to do with data that does not look like whole-brain MNI152")

@@ -14,17 +14,24 @@ from neurostorm.data.store import Store
 
 
 class _Labelled:
-    """Label lookup shared by the datasets: numeric columns as float, others as class indices."""
+    """Label lookup shared by the datasets.
 
-    def _init_labels(self, manifest: pd.DataFrame, label: str | None) -> None:
+    ``task="auto"`` treats numeric columns as regression targets (float) and others as classes (long
+    indices into ``classes``); pass ``task="classification"`` for numeric codes such as 0/1 diagnoses.
+    Classes come from the whole manifest, so every split maps a class to the same index.
+    """
+
+    def _init_labels(self, manifest: pd.DataFrame, label: str | None, task: str) -> None:
         self.label = label
         self.classes: list[str] | None = None
         if label is None:
             return
         if label not in manifest.columns:
             raise KeyError(f"no label column {label!r}; columns: {sorted(manifest.columns)}")
+        if task not in ("auto", "classification", "regression"):
+            raise ValueError(f"task must be auto, classification or regression, got {task!r}")
         column = manifest[label]
-        if pd.api.types.is_numeric_dtype(column) and column.nunique() > 2:
+        if task == "regression" or (task == "auto" and pd.api.types.is_numeric_dtype(column)):
             self._label_of = {r: float(v) for r, v in zip(manifest["run_id"], column, strict=True)}
         else:
             self.classes = sorted(column.dropna().astype(str).unique())
@@ -54,13 +61,14 @@ class ClipDataset(Dataset, _Labelled):
     """
 
     def __init__(self, store: Store | str, subjects: Sequence[str] | None = None, sequence_length: int = 20,
-                 stride: int | None = None, random_crop: bool = False, label: str | None = None) -> None:
+                 stride: int | None = None, random_crop: bool = False, label: str | None = None,
+                 task: str = "auto") -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.sequence_length = sequence_length
         self.stride = stride or sequence_length
         self.random_crop = random_crop
+        self._init_labels(self.store.manifest, label, task)
         self.runs = _select(self.store.manifest, subjects, label)
-        self._init_labels(self.runs, label)
         self.index: list[tuple[int, int]] = []  # (row in self.runs, start frame)
         for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
             starts = range(0, n_frames - sequence_length + 1, self.stride)
@@ -86,10 +94,11 @@ class ROIDataset(Dataset, _Labelled):
     """ROI time series (T, R) from an ``neurostorm roi`` folder; optional fixed-length windows."""
 
     def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
-                 sequence_length: int | None = None) -> None:
+                 sequence_length: int | None = None, task: str = "auto") -> None:
         self.root = Path(roi_dir)
-        self.runs = _select(pd.read_parquet(self.root / "manifest.parquet"), subjects, label)
-        self._init_labels(self.runs, label)
+        manifest = pd.read_parquet(self.root / "manifest.parquet")
+        self._init_labels(manifest, label, task)
+        self.runs = _select(manifest, subjects, label)
         self.sequence_length = sequence_length
         self.index: list[tuple[int, int]] = []
         for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
@@ -115,10 +124,11 @@ class FCDataset(Dataset, _Labelled):
     """Connectivity matrices (R, R) of one kind (``fisher_z``, ``pearson`` or ``partial``), one per run."""
 
     def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
-                 kind: str = "fisher_z") -> None:
+                 kind: str = "fisher_z", task: str = "auto") -> None:
         root = Path(roi_dir)
-        self.runs = _select(pd.read_parquet(root / "manifest.parquet"), subjects, label)
-        self._init_labels(self.runs, label)
+        manifest = pd.read_parquet(root / "manifest.parquet")
+        self._init_labels(manifest, label, task)
+        self.runs = _select(manifest, subjects, label)
         with np.load(root / "fc.npz") as fc:
             if kind not in fc:
                 raise KeyError(f"{root / 'fc.npz'} has no {kind!r} matrices (have {sorted(fc.files)})")

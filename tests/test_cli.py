@@ -1,0 +1,45 @@
+"""The command line: help with defaults, version, and the simulate → preprocess → roi flow."""
+
+import subprocess
+import sys
+
+import pytest
+
+from neurostorm import __version__
+from neurostorm.cli import build_parser, main
+
+COMMANDS = ("preprocess", "roi", "simulate", "atlases")
+
+
+def test_help_lists_subcommands_and_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(command in text for command in COMMANDS)
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "usage: neurostorm" in help_text
+        if command == "preprocess":
+            assert "(default: 0.8)" in help_text and "(default: int8)" in help_text
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "neurostorm.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"neurostorm {__version__}"
+
+
+def test_simulate_preprocess_roi_flow(tmp_path, capsys):
+    bids, store, roi = tmp_path / "bids", tmp_path / "store", tmp_path / "roi"
+    assert main(["simulate", "--out", str(bids), "--subjects", "3", "--frames", "12", "--voxel-mm", "4",
+                 "--orientation", "LAS", "--quiet"]) == 0
+    assert main(["preprocess", str(bids), "--out", str(store), "--tr", "keep", "--min-frames", "10",
+                 "--quiet"]) == 0
+    assert "3 runs, 3 subjects, 36 frames" in capsys.readouterr().out
+    assert main(["roi", str(store), "--atlas", "seitzman300", "--out", str(roi), "--quiet"]) == 0
+    assert (roi / "fc.npz").exists()
+    assert build_parser().parse_args(["atlases"]).command == "atlases"
+    assert main(["atlases"]) == 0
+    assert "power264" in capsys.readouterr().out
