@@ -48,7 +48,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames, tr=args.tr,
                           voxel_mm=args.voxel_mm, orientation=args.orientation, seed=args.seed)
     participants = simulate_cohort(args.out, config)
-    print(f"{args.out}: {len(participants)} subjects × {args.runs} runs of {args.frames} frames (TR {args.tr:g} s)")
+    print(f"{args.out}: {len(participants)} subjects, {args.runs} run(s) each of {args.frames} frames "
+          f"(TR {args.tr:g} s)")
     return 0
 
 

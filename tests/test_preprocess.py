@@ -33,6 +33,7 @@ def test_store_manifest_and_normalisation(store, cohort):
     assert len(row["source_sha256"]) == 64
     assert {"age", "sex"} <= set(manifest.columns)  # labels joined from participants.tsv
     assert reader.info["grid"]["shape"] == [96, 96, 96]
+    assert (store / "qc_orientation.png").stat().st_size > 10_000
 
     frames = np.concatenate(list(reader.iter_frames(row["run_id"])))
     mask = reader.read_mask(row["run_id"])

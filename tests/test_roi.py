@@ -16,6 +16,7 @@ def test_roi_command_writes_timeseries_and_fc(store, tmp_path, capsys):
     out = tmp_path / "roi"
     assert main(["roi", str(store), "--atlas", "power264", "--out", str(out), "--partial", "--quiet"]) == 0
     assert "264 ROIs" in capsys.readouterr().out
+    assert (out / "fc_mean.png").stat().st_size > 10_000
     fc = np.load(out / "fc.npz")
     n_runs = len(fc["run_id"])
     assert n_runs == 6 and fc["pearson"].shape == fc["fisher_z"].shape == fc["partial"].shape == (6, 264, 264)

@@ -377,4 +377,16 @@ def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConf
     bar.close()
     _update_labels(store, label_table)
     result.records = write_manifest(store).to_dict("records")
+    if result.records:
+        _orientation_figure(store, result.records[0]["run_id"], grid)
     return result
+
+
+def _orientation_figure(store: Path, run_id: str, grid: Grid) -> None:
+    """``store/qc_orientation.png``: one run's mean frame against the MNI brain outline."""
+    from neurostorm.data.qc import plot_orientation_check
+    from neurostorm.data.store import Store
+
+    reader = Store(store)
+    total = sum(block.sum(axis=0) for block in reader.iter_frames(run_id))
+    plot_orientation_check(total / reader.n_frames(run_id), grid, run_id, store / "qc_orientation.png")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.grid import Grid
+from neurostorm.data.qc import plot_connectome
 from neurostorm.data.store import Store, write_json_atomic, write_parquet_atomic
 
 
@@ -119,6 +120,8 @@ def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial:
     np.savez(tmp, run_id=np.asarray(run_ids), **{k: np.stack(v).astype(np.float32) for k, v in matrices.items()})
     os.replace(tmp, out / "fc.npz")
     write_parquet_atomic(out / "manifest.parquet", store.manifest)
+    mean_z = np.stack(matrices["fisher_z"]).mean(axis=0)
+    plot_connectome(mean_z, f"{atlas.name}: mean Fisher-z FC over {len(run_ids)} runs", out / "fc_mean.png")
     summary = {"atlas": atlas.name, "n_rois": len(atlas.names), "n_runs": len(run_ids), "store": store.location,
                "kinds": list(matrices)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
