@@ -14,18 +14,21 @@ from neurostorm.data.store import Store
 
 
 class _Labelled:
-    """Label lookup shared by the datasets.
+    """Run selection and label lookup shared by the datasets.
 
     ``task="auto"`` treats numeric columns as regression targets (float) and others as classes (long
     indices into ``classes``); pass ``task="classification"`` for numeric codes such as 0/1 diagnoses.
     Classes come from the whole manifest, so every split maps a class to the same index.
     """
 
-    def _init_labels(self, manifest: pd.DataFrame, label: str | None, task: str) -> None:
+    def _select_runs(self, manifest: pd.DataFrame, subjects: Sequence[str] | None, label: str | None,
+                     task: str) -> pd.DataFrame:
+        """Set up the labels from ``manifest``; return the runs of ``subjects`` that have a label."""
         self.label = label
         self.classes: list[str] | None = None
+        rows = manifest if subjects is None else manifest[manifest["subject"].astype(str).isin(set(subjects))]
         if label is None:
-            return
+            return rows.reset_index(drop=True)
         if label not in manifest.columns:
             raise KeyError(f"no label column {label!r}; columns: {sorted(manifest.columns)}")
         if task not in ("auto", "classification", "regression"):
@@ -38,17 +41,15 @@ class _Labelled:
             index = {c: i for i, c in enumerate(self.classes)}
             self._label_of = {r: index[str(v)] for r, v in zip(manifest["run_id"], column, strict=True)
                               if pd.notna(v)}
+        return rows[rows[label].notna()].reset_index(drop=True)
 
-    def _label(self, run_id: str) -> torch.Tensor:
-        value = self._label_of[run_id]
-        return torch.tensor(value, dtype=torch.float32 if self.classes is None else torch.long)
-
-
-def _select(manifest: pd.DataFrame, subjects: Sequence[str] | None, label: str | None) -> pd.DataFrame:
-    rows = manifest if subjects is None else manifest[manifest["subject"].astype(str).isin(set(subjects))]
-    if label is not None and label in rows.columns:
-        rows = rows[rows[label].notna()]
-    return rows.reset_index(drop=True)
+    def _sample(self, record: pd.Series, x: torch.Tensor, **extra: object) -> dict:
+        """An item: ``x``, ``subject``, ``run_id``, any ``extra`` fields, and ``y`` when labelled."""
+        sample = {"x": x, "subject": str(record["subject"]), "run_id": record["run_id"], **extra}
+        if self.label is not None:
+            value = self._label_of[record["run_id"]]
+            sample["y"] = torch.tensor(value, dtype=torch.float32 if self.classes is None else torch.long)
+        return sample
 
 
 class ClipDataset(Dataset, _Labelled):
@@ -67,8 +68,7 @@ class ClipDataset(Dataset, _Labelled):
         self.sequence_length = sequence_length
         self.stride = stride or sequence_length
         self.random_crop = random_crop
-        self._init_labels(self.store.manifest, label, task)
-        self.runs = _select(self.store.manifest, subjects, label)
+        self.runs = self._select_runs(self.store.manifest, subjects, label, task)
         self.index: list[tuple[int, int]] = []  # (row in self.runs, start frame)
         for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
             starts = range(0, n_frames - sequence_length + 1, self.stride)
@@ -84,10 +84,7 @@ class ClipDataset(Dataset, _Labelled):
             start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))
         clip = self.store.read_clip(record["run_id"], start, self.sequence_length)  # (T, X, Y, Z)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, 0, -1)))[None]  # (1, X, Y, Z, T)
-        sample = {"x": x, "subject": str(record["subject"]), "run_id": record["run_id"], "start": start}
-        if self.label is not None:
-            sample["y"] = self._label(record["run_id"])
-        return sample
+        return self._sample(record, x, start=start)
 
 
 class ROIDataset(Dataset, _Labelled):
@@ -96,9 +93,7 @@ class ROIDataset(Dataset, _Labelled):
     def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
                  sequence_length: int | None = None, task: str = "auto") -> None:
         self.root = Path(roi_dir)
-        manifest = pd.read_parquet(self.root / "manifest.parquet")
-        self._init_labels(manifest, label, task)
-        self.runs = _select(manifest, subjects, label)
+        self.runs = self._select_runs(pd.read_parquet(self.root / "manifest.parquet"), subjects, label, task)
         self.sequence_length = sequence_length
         self.index: list[tuple[int, int]] = []
         for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
@@ -113,11 +108,7 @@ class ROIDataset(Dataset, _Labelled):
         record = self.runs.iloc[row]
         series = np.load(self.root / "timeseries" / f"{record['run_id']}.npy", mmap_mode="r")
         stop = start + (self.sequence_length or series.shape[0])
-        sample = {"x": torch.from_numpy(np.array(series[start:stop], dtype=np.float32)),
-                  "subject": str(record["subject"]), "run_id": record["run_id"], "start": start}
-        if self.label is not None:
-            sample["y"] = self._label(record["run_id"])
-        return sample
+        return self._sample(record, torch.from_numpy(np.array(series[start:stop], dtype=np.float32)), start=start)
 
 
 class FCDataset(Dataset, _Labelled):
@@ -126,9 +117,7 @@ class FCDataset(Dataset, _Labelled):
     def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
                  kind: str = "fisher_z", task: str = "auto") -> None:
         root = Path(roi_dir)
-        manifest = pd.read_parquet(root / "manifest.parquet")
-        self._init_labels(manifest, label, task)
-        self.runs = _select(manifest, subjects, label)
+        self.runs = self._select_runs(pd.read_parquet(root / "manifest.parquet"), subjects, label, task)
         with np.load(root / "fc.npz") as fc:
             if kind not in fc:
                 raise KeyError(f"{root / 'fc.npz'} has no {kind!r} matrices (have {sorted(fc.files)})")
@@ -140,8 +129,4 @@ class FCDataset(Dataset, _Labelled):
 
     def __getitem__(self, item: int) -> dict:
         record = self.runs.iloc[item]
-        sample = {"x": torch.from_numpy(self.matrices[item]), "subject": str(record["subject"]),
-                  "run_id": record["run_id"]}
-        if self.label is not None:
-            sample["y"] = self._label(record["run_id"])
-        return sample
+        return self._sample(record, torch.from_numpy(self.matrices[item]))

@@ -37,6 +37,7 @@ from neurostorm.data.ingest import RunSource, discover, read_labels, repetition_
 from neurostorm.data.store import (
     STORE_FORMAT,
     RunWriter,
+    Store,
     completed_record,
     remove_stale_temporaries,
     write_json_atomic,
@@ -384,8 +385,7 @@ def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConf
 
 def _orientation_figure(store: Path, run_id: str, grid: Grid) -> None:
     """``store/qc_orientation.png``: one run's mean frame against the MNI brain outline."""
-    from neurostorm.data.qc import plot_orientation_check
-    from neurostorm.data.store import Store
+    from neurostorm.data.qc import plot_orientation_check  # matplotlib only when a figure is drawn
 
     reader = Store(store)
     total = sum(block.sum(axis=0) for block in reader.iter_frames(run_id))

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # drawn off-screen, no pyplot state or backend switch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from neurostorm.data.grid import Grid, template_brain_mask  # noqa: E402
+from neurostorm.data.grid import Grid, template_brain_mask
 
 
 def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path: Path) -> None:
@@ -27,7 +24,8 @@ def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path:
         ("coronal", mean_frame[:, centre[1]].T, template[:, centre[1]].T),
         ("axial", mean_frame[:, :, centre[2]].T, template[:, :, centre[2]].T),
     ]
-    figure, axes = plt.subplots(1, 3, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, 3)
     for axis, (name, image, outline) in zip(axes, panels, strict=True):
         if flip_x and name != "sagittal":  # show left hemisphere (negative x) on the left
             image, outline = image[:, ::-1], outline[:, ::-1]
@@ -35,18 +33,18 @@ def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path:
         axis.contour(outline, levels=[0.5], colors="red", linewidths=0.8)
         axis.set_title(name)
         axis.axis("off")
-    axes[1].text(0.02, 0.02, "L", color="yellow", transform=axes[1].transAxes, fontsize=14)
-    axes[2].text(0.02, 0.02, "L", color="yellow", transform=axes[2].transAxes, fontsize=14)
+        if name != "sagittal":
+            axis.text(0.02, 0.02, "L", color="yellow", transform=axis.transAxes, fontsize=14)
     figure.suptitle(f"{title}: mean normalised frame, MNI152 brain outline (red)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def plot_connectome(matrix: np.ndarray, title: str, path: Path) -> None:
     """A connectivity matrix (R, R) as a heat map with a symmetric colour scale."""
     limit = float(np.nanpercentile(np.abs(matrix[~np.eye(len(matrix), dtype=bool)]), 99)) or 1.0
-    figure, axis = plt.subplots(figsize=(6, 5))
+    figure = Figure(figsize=(6, 5))
+    axis = figure.subplots()
     shown = axis.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
     figure.colorbar(shown, ax=axis, label="Fisher z")
     axis.set_title(title)
@@ -54,4 +52,3 @@ def plot_connectome(matrix: np.ndarray, title: str, path: Path) -> None:
     axis.set_ylabel("ROI")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
