@@ -61,6 +61,19 @@ def _cmd_atlases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from neurostorm.models.summary import describe, load_any
+
+    try:
+        model = load_any(args.model)
+    except ValueError as err:
+        raise InputError(args.model, str(err)) from err
+    print(args.model)
+    for line in describe(model):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurostorm", description=__doc__.splitlines()[0] if __doc__ else None,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -109,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
 
     add("atlases", "list the atlases available offline", _cmd_atlases)
+
+    info = add("info", "parameter counts (total and per stage) and input shape of a model", _cmd_info)
+    info.add_argument("model", metavar="NAME", help="model name (e.g. neurostorm-base) or a pretrained folder")
     return parser
 
 

@@ -8,7 +8,7 @@ import pytest
 from neurostorm import __version__
 from neurostorm.cli import build_parser, main
 
-COMMANDS = ("preprocess", "roi", "simulate", "atlases")
+COMMANDS = ("preprocess", "roi", "simulate", "atlases", "info")
 
 
 def test_help_lists_subcommands_and_shows_defaults(capsys):
@@ -43,3 +43,13 @@ def test_simulate_preprocess_roi_flow(tmp_path, capsys):
     assert build_parser().parse_args(["atlases"]).command == "atlases"
     assert main(["atlases"]) == 0
     assert "power264" in capsys.readouterr().out
+
+
+def test_info_prints_parameter_counts_and_input_shape(capsys, tmp_path):
+    assert main(["info", "neurostorm-base"]) == 0
+    text = capsys.readouterr().out
+    assert "5,173,020" in text and "(B, 1, 96, 96, 96, T)" in text and "320 windows of 256 tokens" in text
+    assert main(["info", "neurostorm-mae-base"]) == 0
+    assert "7,712,892" in capsys.readouterr().out
+    assert main(["info", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err

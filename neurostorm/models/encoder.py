@@ -1,0 +1,246 @@
+"""The NeuroSTORM encoder: a 4D hierarchy of windowed Mamba blocks with shifted scanning.
+
+Input (B, 1, X, Y, Z, T) → patch embedding (6×6×6×1 → 36 channels, token grid 16³×T at 96³) → four stages
+of widths 36/72/144/288 and depths 2/2/6/2, each starting with its own positional tables, separated by
+2×2×2 spatial patch merging (time is never merged) → (B, 2, 2, 2, T, 288), mean-pooled to (B, 288).
+
+A block is pre-norm and residual: x += DropPath(Mixer(LN(x))); x += DropPath(MLP(LN(x))). The mixer
+splits the token grid into 4×4×4×4 windows (256 tokens each, time fastest) and runs one Mamba layer over
+every window; odd blocks of a stage roll the grid by half a window first (see ``windows.py`` for the
+scan order and the wrap-around). The last stage uses windows that cover its whole space × 4 frames,
+never shifted. Module and parameter names follow the reference implementation so that its checkpoints
+load by name (``weights.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from neurostorm.models.mamba import Backend, Mamba
+from neurostorm.models.strd import strd
+from neurostorm.models.windows import (
+    PatchEmbed,
+    PatchMerging,
+    PositionalEmbedding,
+    Size4,
+    WindowLayout,
+    roll_grid,
+    window_partition,
+    window_reverse,
+)
+
+
+@dataclass
+class NeuroSTORMConfig:
+    """Sizes of a NeuroSTORM encoder. The defaults are the released (trained) configuration."""
+
+    img_size: tuple[int, int, int] = (96, 96, 96)  # voxels of the input volume (X, Y, Z)
+    frames: int = 20  # length of the temporal tables: the longest clip the model accepts
+    patch_size: tuple[int, int, int] = (6, 6, 6)  # voxels per token; the time patch is always 1 frame
+    in_chans: int = 1
+    embed_dim: int = 36  # width of the first stage; doubles at every merge
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    window: Size4 = (4, 4, 4, 4)  # tokens per window along (D, H, W, T), clamped to each stage's grid
+    full_last_stage: bool = True  # last stage: windows span its whole space × window[3] frames, no shift
+    mlp_ratio: float = 4.0
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    drop_path: float = 0.0  # stochastic depth, rising linearly to this rate over the blocks
+    prompt_tokens: int = 0  # task-specific prompt tokens per block (0: none)
+    strd: bool = False  # spatiotemporal redundancy dropout in every block (pretraining)
+    checkpoint_blocks: bool = False  # recompute block activations in the backward pass (saves memory)
+    backend: Backend = "auto"  # selective scan: auto | torch | cuda | reference
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "patch_size", "depths", "window"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        if any(i % p for i, p in zip(self.img_size, self.patch_size, strict=True)):
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        if any((i // p) % 2 ** (len(self.depths) - 1) for i, p in zip(self.img_size, self.patch_size, strict=True)):
+            raise ValueError(f"token grid {self.token_grid} cannot be halved {len(self.depths) - 1} times")
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        return tuple(i // p for i, p in zip(self.img_size, self.patch_size, strict=True))  # type: ignore[return-value]
+
+    def stage_dims(self) -> list[int]:
+        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
+    def stage_grids(self, frames: int | None = None) -> list[Size4]:
+        """Token grid (D, H, W, T) of every stage for clips of ``frames`` frames."""
+        t = self.frames if frames is None else frames
+        return [(*(g // 2**i for g in self.token_grid), t) for i in range(len(self.depths))]  # type: ignore[misc]
+
+    @property
+    def out_dim(self) -> int:
+        return self.stage_dims()[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NeuroSTORMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown encoder settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a sample's residual branch with probability ``rate``, rescale the rest."""
+    if rate == 0.0 or not training:
+        return x
+    keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= rate
+    return x * keep.to(x.dtype) / (1.0 - rate)
+
+
+class MLP(nn.Module):
+    """C → hidden → C with GELU (names as the reference's MLP block)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(nn.functional.gelu(self.linear1(x)))
+
+
+class MambaBlock(nn.Module):
+    """One pre-norm residual block whose mixer is a Mamba layer run over (shifted) windows."""
+
+    def __init__(self, dim: int, window: Size4, shifted: bool, config: NeuroSTORMConfig, drop_rate: float = 0.0,
+                 prompt_tokens: int = 0, use_strd: bool = False) -> None:
+        super().__init__()
+        self.window, self.shifted, self.drop_rate, self.use_strd = window, shifted, drop_rate, use_strd
+        self.norm1 = nn.LayerNorm(dim)
+        self.mamba = Mamba(dim, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
+                           backend=config.backend)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * config.mlp_ratio))
+        self.prompt = nn.Parameter(torch.zeros(prompt_tokens, dim)) if prompt_tokens else None
+        if self.prompt is not None:
+            nn.init.trunc_normal_(self.prompt, std=0.02)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Windowed Mamba over a (B, D, H, W, T, C) grid; prompts prepended to every window, outputs dropped."""
+        layout = WindowLayout.for_grid(tuple(x.shape[1:5]), self.window, self.shifted)
+        windows = window_partition(roll_grid(x, layout.shift), layout.window)  # (B·nW, n, C)
+        n_prompts = 0 if self.prompt is None else self.prompt.shape[0]
+        if n_prompts:
+            windows = torch.cat([self.prompt.expand(windows.shape[0], -1, -1).to(windows.dtype), windows], dim=1)
+        out = self.mamba(windows)[:, n_prompts:]  # (B·nW, n, C)
+        if self.use_strd and self.training:
+            out = strd(out, layout.window)
+        return roll_grid(window_reverse(out, layout.window, layout.grid), layout.shift, reverse=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.mix(self.norm1(x)), self.drop_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, self.training)
+
+
+class Stage(nn.Module):
+    """Blocks alternating plain and shifted windows, then an optional resampling (merge or expand)."""
+
+    def __init__(self, blocks: list[MambaBlock], resample: nn.Module | None, checkpoint_blocks: bool,
+                 resample_name: str = "downsample") -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample_name = resample_name
+        setattr(self, resample_name, resample)
+        self.checkpoint_blocks = checkpoint_blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        resample = getattr(self, self.resample_name)
+        return x if resample is None else resample(x)
+
+
+def stage_blocks(dim: int, depth: int, window: Size4, config: NeuroSTORMConfig, shift: bool = True,
+                 drop_rates: list[float] | None = None, prompt_tokens: int = 0, use_strd: bool = False
+                 ) -> list[MambaBlock]:
+    """``depth`` blocks of width ``dim``; odd ones shifted when ``shift``."""
+    rates = drop_rates or [0.0] * depth
+    return [MambaBlock(dim, window, shift and i % 2 == 1, config, rates[i], prompt_tokens, use_strd)
+            for i in range(depth)]
+
+
+class NeuroSTORM(nn.Module):
+    """NeuroSTORM encoder. ``encode(x)``: (B, 1, X, Y, Z, T) → (B, out_dim) pooled embedding."""
+
+    def __init__(self, config: NeuroSTORMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or NeuroSTORMConfig()
+        dims, grids = config.stage_dims(), config.stage_grids()
+        rates = torch.linspace(0, config.drop_path, sum(config.depths)).tolist()
+        self.patch_embed = PatchEmbed((*config.patch_size, 1), config.embed_dim, config.in_chans)
+        self.pos_embeds = nn.ModuleList(PositionalEmbedding(d, g) for d, g in zip(dims, grids, strict=True))
+        self.layers = nn.ModuleList()
+        last = len(config.depths) - 1
+        for i, (dim, depth, grid) in enumerate(zip(dims, config.depths, grids, strict=True)):
+            full = config.full_last_stage and i == last
+            window = (*grid[:3], config.window[3]) if full else config.window
+            blocks = stage_blocks(dim, depth, window, config, shift=not full,
+                                  drop_rates=rates[sum(config.depths[:i]):sum(config.depths[:i + 1])],
+                                  prompt_tokens=config.prompt_tokens, use_strd=config.strd)
+            self.layers.append(Stage(blocks, PatchMerging(dim) if i < last else None, config.checkpoint_blocks))
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_dim
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError that says what is wrong with a clip batch of the wrong shape."""
+        c = self.config
+        expected = f"(B, {c.in_chans}, {', '.join(map(str, c.img_size))}, T)"
+        if x.ndim != 6 or tuple(x.shape[1:5]) != (c.in_chans, *c.img_size):
+            raise ValueError(f"input of shape {tuple(x.shape)}; the model expects {expected}")
+        t, wt = x.shape[5], c.window[3]
+        if t > c.frames or t % wt:
+            raise ValueError(f"clip of {t} frames: the model takes up to {c.frames} frames in multiples of {wt}")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z, T) → first-stage tokens (B, D, H, W, T, C) before positional tables."""
+        self.check_input(x)
+        return self.patch_embed(x)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run every stage on embedded tokens: (B, D, H, W, T, C) → (B, d, h, w, T, out_dim)."""
+        for pos_embed, stage in zip(self.pos_embeds, self.layers, strict=True):
+            tokens = stage(pos_embed(tokens))
+        return tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z, T) → token grid (B, d, h, w, T, out_dim) of the last stage."""
+        return self.forward_tokens(self.embed(x))
+
+    def encode(self, x: torch.Tensor, return_tokens: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Mean over all last-stage tokens: (B, 1, X, Y, Z, T) → (B, out_dim) [, token grid]."""
+        tokens = self(x)
+        pooled = tokens.mean(dim=(1, 2, 3, 4))
+        return (pooled, tokens) if return_tokens else pooled
+
+    def stage_parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: patch embedding, then each stage with its positional tables and merging."""
+        counts = {"patch_embed": sum(p.numel() for p in self.patch_embed.parameters())}
+        for i, (pos, stage) in enumerate(zip(self.pos_embeds, self.layers, strict=True)):
+            counts[f"stage{i + 1}"] = sum(p.numel() for m in (pos, stage) for p in m.parameters())
+        return counts
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["NeuroSTORM", "NeuroSTORMConfig", "MambaBlock", "Stage", "count_parameters", "stage_blocks"]

@@ -1,0 +1,54 @@
+"""A readable summary of a model: input shape, parameters in total and per stage, window layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from neurostorm.models.encoder import NeuroSTORM, count_parameters
+from neurostorm.models.storm import STORM
+from neurostorm.models.windows import WindowLayout
+
+
+def load_any(name_or_folder: str) -> nn.Module:
+    """A registered model name, or a folder written by ``save_pretrained``."""
+    if Path(name_or_folder).is_dir():
+        from neurostorm.models.weights import load_pretrained
+
+        return load_pretrained(name_or_folder)
+    from neurostorm.models import build_model
+
+    return build_model(name_or_folder)
+
+
+def encoder_lines(encoder: NeuroSTORM) -> list[str]:
+    c = encoder.config
+    lines = [f"input (B, {c.in_chans}, {', '.join(map(str, c.img_size))}, T): T up to {c.frames} frames, "
+             f"a multiple of {c.window[3]}",
+             f"encoder parameters {count_parameters(encoder):,}  (embedding (B, {c.out_dim}))"]
+    counts = encoder.stage_parameter_counts()
+    lines.append(f"  {'patch_embed':<12}{counts['patch_embed']:>12,}  {c.patch_size[0]}×{c.patch_size[1]}×"
+                 f"{c.patch_size[2]}×1 voxels → {c.embed_dim} channels")
+    for i, (stage, grid, dim) in enumerate(zip(encoder.layers, c.stage_grids(), c.stage_dims(), strict=True)):
+        block = stage.blocks[0]
+        layout = WindowLayout.for_grid(grid, block.window, shifted=len(stage.blocks) > 1 and stage.blocks[1].shifted)
+        lines.append(f"  {f'stage{i + 1}':<12}{counts[f'stage{i + 1}']:>12,}  grid {'×'.join(map(str, grid))}, "
+                     f"width {dim}, {len(stage.blocks)} blocks, {layout.n_windows} windows of "
+                     f"{layout.tokens_per_window} tokens, shift {layout.shift}")
+    if c.prompt_tokens:
+        lines.append(f"  prompts: {c.prompt_tokens} per block")
+    return lines
+
+
+def describe(model: nn.Module) -> list[str]:
+    """Lines describing a NeuroSTORM encoder or STORM pretraining model."""
+    if isinstance(model, STORM):
+        decoder = count_parameters(model.decoder)
+        return [f"STORM pretraining model: {count_parameters(model):,} parameters "
+                f"(encoder {count_parameters(model.encoder):,}, mask tokens {model.window_mask_token.numel():,}, "
+                f"decoder {decoder:,}); mask {model.config.mask_mode} at ratio {model.config.mask_ratio}",
+                *encoder_lines(model.encoder)]
+    if isinstance(model, NeuroSTORM):
+        return ["NeuroSTORM encoder", *encoder_lines(model)]
+    return [f"{type(model).__name__}: {count_parameters(model):,} parameters"]

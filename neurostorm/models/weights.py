@@ -1,0 +1,182 @@
+"""Weights on disk: our safetensors folders, and the reference implementation's Lightning checkpoints.
+
+A pretrained folder holds ``config.json`` (architecture, its configuration, the preprocessing the weights
+expect) and ``model.safetensors``. Safetensors files hold tensors only, so loading one never runs code.
+Official ``.ckpt`` files are pickles: they are read with ``torch.load(weights_only=True)``, which refuses
+any object but tensors, containers and a few allow-listed hyper-parameter classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from neurostorm import __version__
+from neurostorm.errors import InputError
+from neurostorm.models.encoder import NeuroSTORM, NeuroSTORMConfig
+from neurostorm.models.storm import STORM, STORMConfig
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, lambda d: STORMConfig(**d))}
+
+
+# hyper-parameters of the reference's checkpoints come as Lightning's AttributeDict (a dict subclass): read it
+# back as an OrderedDict, the one dict type the weights-only unpickler fills, so Lightning 1.x is not needed
+_CHECKPOINT_GLOBALS = [argparse.Namespace] + [
+    (OrderedDict, f"{module}.AttributeDict")
+    for module in ("pytorch_lightning.utilities.parsing", "lightning.pytorch.utilities.parsing",
+                   "lightning.fabric.utilities.data", "lightning_fabric.utilities.data")
+]
+
+
+def save_pretrained(model: NeuroSTORM | STORM, folder: str | Path, preprocessing: dict | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each file replaced atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architecture": type(model).__name__, "config": model.config.to_dict(),
+              "preprocessing": preprocessing or {}, "neurostorm_version": __version__}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / f".{WEIGHTS_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    tmp = folder / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, folder / CONFIG_FILE)
+    return folder
+
+
+def read_pretrained_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable model config ({err})") from err
+    if config.get("architecture") not in ARCHITECTURES:
+        raise InputError(path, f"unknown architecture {config.get('architecture')!r}")
+    return config
+
+
+def load_pretrained(folder: str | Path, **overrides) -> NeuroSTORM | STORM:
+    """Build the model a pretrained folder describes and load its weights (``overrides`` change settings
+    that do not touch weights, e.g. ``checkpoint_blocks`` or ``backend`` of an encoder)."""
+    config = read_pretrained_config(folder)
+    cls, make_config = ARCHITECTURES[config["architecture"]]
+    model = cls(make_config({**config["config"], **overrides}))
+    state = _read_safetensors(Path(folder) / WEIGHTS_FILE)
+    if state.keys() != model.state_dict().keys() and (n := _prompt_tokens(state)):
+        from neurostorm.models.prompts import add_prompts
+
+        add_prompts(model if isinstance(model, NeuroSTORM) else model.encoder, n)
+    _load_exact(model, state, Path(folder) / WEIGHTS_FILE)
+    return model
+
+
+def load_encoder(folder: str | Path, **overrides) -> NeuroSTORM:
+    """The encoder of a pretrained folder, whether it holds an encoder or a whole STORM model."""
+    model = load_pretrained(folder, **overrides)
+    return model.encoder if isinstance(model, STORM) else model
+
+
+def _prompt_tokens(state: dict[str, torch.Tensor]) -> int:
+    return next((v.shape[0] for k, v in state.items() if k.endswith(".prompt")), 0)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise InputError(path, f"not a readable safetensors file ({err})") from err
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise InputError(path, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                               f"wrong shape {wrong[:5]}")
+    model.load_state_dict(state)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.ckpt``/``.pt`` file, read without executing any code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InputError(path, f"refused: the checkpoint holds objects other than weights ({err})") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({err})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, "no state dict of tensors in the checkpoint")
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What loading a foreign checkpoint did: parameters loaded, left at their initial value, ignored."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}: {self.missing[:8]}; "
+                f"unexpected {len(self.unexpected)}: {self.unexpected[:8]}")
+
+
+_DECODER_PREFIXES = ("first_patch_expanding.", "layers_up.", "norm_up.", "decoder_pred.")
+
+
+def official_to_ours(key: str, value: torch.Tensor, target: NeuroSTORM | STORM) -> tuple[str, torch.Tensor]:
+    """Map one key/tensor of a reference checkpoint (prefix ``model.``) to our name and layout."""
+    key = key.removeprefix("model.")
+    if key.endswith(".pos_embed") and value.ndim == 6:  # (1, C, D, H, W, 1) → (D, H, W, C)
+        value = value[0, ..., 0].permute(1, 2, 3, 0)
+    elif key.endswith(".time_embed") and value.ndim == 6:  # (1, C, 1, 1, 1, T) → (T, C)
+        value = value[0, :, 0, 0, 0, :].T
+    elif key.endswith(".prompt") and value.ndim == 3:  # (1, P, C) → (P, C)
+        value = value[0]
+    if isinstance(target, STORM):
+        if key.startswith(_DECODER_PREFIXES):
+            key = "decoder." + key
+        elif not key.startswith("window_mask_token"):
+            key = "encoder." + key
+    return key, value.contiguous()
+
+
+def load_official_checkpoint(path: str | Path, model: NeuroSTORM | STORM) -> LoadReport:
+    """Load a reference NeuroSTORM Lightning checkpoint into ``model`` by name; report what did not match.
+
+    Tensors whose mapped name the model lacks are reported as unexpected (a task head, unused mask
+    tokens); parameters the checkpoint lacks keep their values and are reported as missing. A tensor
+    whose shape differs is an error: it means the checkpoint was trained with other sizes.
+    """
+    own = model.state_dict()
+    report, updates = LoadReport(), {}
+    for key, value in read_checkpoint(path).items():
+        name, tensor = official_to_ours(key, value, model)
+        if name not in own:
+            report.unexpected.append(key)
+        elif own[name].shape != tensor.shape:
+            raise InputError(path, f"{key}: shape {tuple(tensor.shape)} does not fit {name} {tuple(own[name].shape)}; "
+                                   "the checkpoint was built with other model sizes")
+        else:
+            updates[name] = tensor
+    report.loaded = sorted(updates)
+    report.missing = sorted(own.keys() - updates.keys())
+    model.load_state_dict({**own, **updates})
+    return report
