@@ -71,12 +71,7 @@ def load_pretrained(folder: str | Path, **overrides) -> NeuroSTORM | STORM:
     config = read_pretrained_config(folder)
     cls, make_config = ARCHITECTURES[config["architecture"]]
     model = cls(make_config({**config["config"], **overrides}))
-    state = _read_safetensors(Path(folder) / WEIGHTS_FILE)
-    if state.keys() != model.state_dict().keys() and (n := _prompt_tokens(state)):
-        from neurostorm.models.prompts import add_prompts
-
-        add_prompts(model if isinstance(model, NeuroSTORM) else model.encoder, n)
-    _load_exact(model, state, Path(folder) / WEIGHTS_FILE)
+    _load_exact(model, _read_safetensors(Path(folder) / WEIGHTS_FILE), Path(folder) / WEIGHTS_FILE)
     return model
 
 
@@ -84,10 +79,6 @@ def load_encoder(folder: str | Path, **overrides) -> NeuroSTORM:
     """The encoder of a pretrained folder, whether it holds an encoder or a whole STORM model."""
     model = load_pretrained(folder, **overrides)
     return model.encoder if isinstance(model, STORM) else model
-
-
-def _prompt_tokens(state: dict[str, torch.Tensor]) -> int:
-    return next((v.shape[0] for k, v in state.items() if k.endswith(".prompt")), 0)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
