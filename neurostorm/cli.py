@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from neurostorm import __version__
+from neurostorm.data.grid import GRIDS
 from neurostorm.errors import InputError
 
 
@@ -18,7 +19,7 @@ def _tr(value: str) -> float | None:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from neurostorm.data.preprocess import PreprocessConfig, preprocess
 
-    config = PreprocessConfig(tr=args.tr, input_tr=args.input_tr, normalization=args.normalization,
+    config = PreprocessConfig(tr=args.tr, input_tr=args.input_tr, grid=args.grid, normalization=args.normalization,
                               storage=args.storage, min_frames=args.min_frames, non_mni=args.non_mni)
     result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
                         labels_policy=args.labels_policy, progress=not args.quiet)
@@ -74,6 +75,47 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace):
+    from neurostorm.train.config import load_config
+
+    return load_config(args.config, [*args.overrides, *(["trainer.progress=false"] if args.quiet else [])])
+
+
+def _print_metrics(metrics: dict) -> None:
+    for name, value in metrics.items():
+        if isinstance(value, dict) and "value" in value:
+            print(f"  {name:18s} {value['value']:.3f}  95% CI [{value['ci_low']:.3f}, {value['ci_high']:.3f}]")
+    if "chance" in metrics:
+        print("  chance: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["chance"].items()))
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from neurostorm.train.run import pretrain
+
+    summary = pretrain(_experiment(args), args.out, resume=args.resume)
+    print(f"{args.out}: pretrained in {summary['seconds']:.0f} s; " + ", ".join(
+        f"{k} {v:.4f}" for k, v in summary.items() if k != "seconds") + f"; weights in {args.out}/model")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from neurostorm.train.run import finetune
+
+    metrics = finetune(_experiment(args), args.out, resume=args.resume)
+    print(f"{args.out}: test metrics over {metrics['n_subjects']} subjects ({metrics['task']['mode']} mode)")
+    _print_metrics(metrics)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from neurostorm.train.run import evaluate
+
+    metrics = evaluate(args.run)
+    print(f"{args.run}: test metrics over {metrics['n_subjects']} subjects, recomputed from the exported model")
+    _print_metrics(metrics)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurostorm", description=__doc__.splitlines()[0] if __doc__ else None,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--labels", default=None, metavar="CSV", help="labels per subject (else participants.tsv)")
     pre.add_argument("--labels-policy", choices=("strict", "lenient"), default="strict",
                      help="strict: unknown/missing subjects or empty values are errors; lenient: warnings")
+    pre.add_argument("--grid", choices=sorted(GRIDS), default="mni152-fsl-2mm-96",
+                     help="target grid: the 2 mm one of the released weights, or 4 mm (48³) for small CPU models")
     pre.add_argument("--normalization", choices=("zscore", "minmax"), default="zscore",
                      help="per-run normalisation over brain voxels and all frames")
     pre.add_argument("--storage", choices=("int8", "float16"), default="int8",
@@ -122,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
 
     add("atlases", "list the atlases available offline", _cmd_atlases)
+
+    def add_run(name: str, helptext: str, handler: Callable[[argparse.Namespace], int]) -> None:
+        command = add(name, helptext, handler)
+        command.add_argument("--config", required=True, help="YAML file, or a preset: tiny, base")
+        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.batch_size=2")
+        command.add_argument("--out", required=True, metavar="RUN_DIR")
+        command.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+
+    add_run("pretrain", "STORM masked pretraining over one or more stores", _cmd_pretrain)
+    add_run("finetune", "adapt an encoder to a label: full fine-tuning, prompt tuning or linear probe",
+            _cmd_finetune)
+    evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
+    evaluate.add_argument("run", metavar="RUN_DIR")
 
     info = add("info", "parameter counts (total and per stage) and input shape of a model", _cmd_info)
     info.add_argument("model", metavar="NAME", help="model name (e.g. neurostorm-base) or a pretrained folder")

@@ -56,3 +56,36 @@ def mni_brain_run(n_frames: int = 30, orientation: str = "RAS", voxel_mm: float 
     data = np.zeros((*grid.shape, n_frames), np.float32)
     data[brain] = 1000 + 20 * rng.standard_normal((brain.sum(), n_frames))
     return data, grid.affine
+
+
+@pytest.fixture(scope="session")
+def labelled_store(tmp_path_factory) -> Path:
+    """A 4 mm store of 40 subjects × 20 frames (TR 0.8 s) whose labels leave a visible trace in the BOLD:
+    sex 'F' brightens a left-hemisphere blob, age scales a right-hemisphere blob (plus noise everywhere)."""
+    from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
+
+    root = tmp_path_factory.mktemp("labelled")
+    grid = MNI152_FSL_4MM_48
+    brain = template_brain_mask(grid)
+    world = nib.affines.apply_affine(grid.affine, np.indices(grid.shape).reshape(3, -1).T).reshape(*grid.shape, 3)
+
+    def blob(centre):
+        return np.exp(-np.sum((world - np.asarray(centre)) ** 2, axis=-1) / (2 * 12.0**2))
+
+    left, right = blob((-40, -20, 20)), blob((40, -20, 20))
+    rng = np.random.default_rng(0)
+    n = 40
+    participants = {"participant_id": [f"sub-{i:02d}" for i in range(n)],
+                    "sex": ["F" if i % 2 else "M" for i in range(n)], "age": np.round(rng.uniform(20, 80, n), 1)}
+    for sid, sex, age in zip(*participants.values(), strict=True):
+        pattern = 1.0 + 0.04 * (sex == "F") * left + 0.04 * (age - 50) / 30 * right
+        data = np.zeros((*grid.shape, 20), np.float32)
+        data[brain] = 1000 * pattern[brain][:, None] * (1 + 0.01 * rng.standard_normal((brain.sum(), 20)))
+        write_run(root / "bids" / sid / "func" / f"{sid}_task-rest_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz",
+                  data, grid.affine, tr=0.8)
+    import pandas as pd
+
+    pd.DataFrame(participants).to_csv(root / "bids" / "participants.tsv", sep="\t", index=False)
+    result = preprocess([root / "bids"], root / "store", PreprocessConfig(grid=grid.name), workers=2, progress=False)
+    assert not result.failures, result.failures
+    return root / "store"

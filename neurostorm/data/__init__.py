@@ -1,9 +1,19 @@
-"""Data flow: ingest → preprocess → store → datasets; ROI/FC extraction; simulated cohorts."""
+"""Data flow: ingest → preprocess → store → datasets; ROI/FC extraction; simulated cohorts.
 
-from neurostorm.data.datasets import ClipDataset, FCDataset, ROIDataset
-from neurostorm.data.preprocess import PreprocessConfig, preprocess
-from neurostorm.data.splits import load_or_make_split, make_split
-from neurostorm.data.store import Store
+The public names load their modules on first use, so importing a light module of this package (the grid,
+say, for the command line) does not import PyTorch.
+"""
 
-__all__ = ["ClipDataset", "FCDataset", "PreprocessConfig", "ROIDataset", "Store", "load_or_make_split",
-           "make_split", "preprocess"]
+from importlib import import_module
+
+_EXPORTS = {"ClipDataset": "datasets", "FCDataset": "datasets", "ROIDataset": "datasets",
+            "PreprocessConfig": "preprocess", "preprocess": "preprocess", "Store": "store",
+            "load_or_make_split": "splits", "make_split": "splits"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'neurostorm.data' has no attribute {name!r}")
+    return getattr(import_module(f"neurostorm.data.{_EXPORTS[name]}"), name)

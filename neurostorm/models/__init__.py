@@ -1,7 +1,7 @@
 """Models by name: ``build_model("neurostorm-base")``, ``build_model("neurostorm-mae-tiny", mask_ratio=0.8)``.
 
 ``neurostorm-base`` is the released NeuroSTORM configuration (input 96³ × 20 frames, 5,173,020 parameters);
-``neurostorm-tiny`` runs the same code with 12³-voxel patches and narrow stages, for CPUs and tests. The
+``neurostorm-tiny`` runs the same code on the 4 mm grid (48³ voxels, token grid 8³) with narrow stages. The
 ``-mae-`` names build the STORM pretraining model around the same encoders.
 """
 
@@ -18,7 +18,7 @@ from neurostorm.models.storm import STORM, STORMConfig
 
 ENCODER_PRESETS: dict[str, NeuroSTORMConfig] = {
     "base": NeuroSTORMConfig(),
-    "tiny": NeuroSTORMConfig(patch_size=(12, 12, 12), embed_dim=16, depths=(2, 2, 2, 2)),
+    "tiny": NeuroSTORMConfig(img_size=(48, 48, 48), embed_dim=16, depths=(2, 2, 2, 2)),
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}

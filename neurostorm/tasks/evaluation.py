@@ -1,0 +1,136 @@
+"""From per-clip predictions to per-subject metrics with 95 % bootstrap CIs, and the figures of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from neurostorm.tasks.metrics import (
+    bootstrap,
+    chance_level,
+    classification_metrics,
+    per_subject,
+    probabilities,
+    regression_metrics,
+)
+
+
+def subject_metrics(kind: str, n_classes: int, subjects: np.ndarray, outputs: np.ndarray, targets: np.ndarray
+                    ) -> dict[str, float]:
+    """Point metrics over subjects after averaging each subject's clip outputs (logits or predictions)."""
+    _, out, y = per_subject(subjects, outputs, targets)
+    if kind == "regression":
+        return regression_metrics(out[:, 0], y)
+    return classification_metrics(out, y, n_classes)
+
+
+def predictions_frame(subjects, run_ids, starts, outputs: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
+    """One row per clip: subject, run_id, start, y and output columns out_0..out_{K-1}."""
+    frame = pd.DataFrame({"subject": np.asarray(subjects).astype(str), "run_id": run_ids, "start": starts,
+                          "y": targets})
+    for k in range(outputs.shape[1]):
+        frame[f"out_{k}"] = outputs[:, k]
+    return frame
+
+
+def metrics_with_ci(kind: str, n_classes: int, frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """{metric: {value, ci_low, ci_high}} over subjects, plus chance levels for classification."""
+    outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
+    ids, out, y = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+
+    def on(indices: np.ndarray) -> dict[str, float]:
+        if kind == "regression":
+            return regression_metrics(out[indices, 0], y[indices])
+        if len(np.unique(y[indices])) < 2:
+            return {}
+        return classification_metrics(out[indices], y[indices], n_classes)
+
+    result = bootstrap(on, len(ids), n_boot=n_boot, seed=seed)
+    result["n_subjects"] = int(len(ids))
+    result["n_clips"] = int(len(frame))
+    if kind == "classification":
+        result["chance"] = chance_level(y, n_classes)
+    return result
+
+
+def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: list[str] | None,
+                     log_csv: Path | None, out_dir: Path) -> list[Path]:
+    """Loss curves (from the CSV log), ROC and confusion matrix, or predicted-vs-true, as PNGs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if log_csv is not None and log_csv.exists():
+        written.append(_loss_curves(pd.read_csv(log_csv), out_dir / "loss_curves.png"))
+    outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
+    _, out, y = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    if kind == "regression":
+        written.append(_scatter(out[:, 0], y, out_dir / "predicted_vs_true.png"))
+    else:
+        written += [_roc(probabilities(out), y.astype(int), n_classes, classes, out_dir / "roc.png"),
+                    _confusion(probabilities(out).argmax(1), y.astype(int), n_classes, classes,
+                               out_dir / "confusion_matrix.png")]
+    return written
+
+
+def _loss_curves(log: pd.DataFrame, path: Path) -> Path:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for column, label in (("train_loss_epoch", "train loss"), ("val_loss", "val loss")):
+        if column in log:
+            rows = log[["epoch", column]].dropna().groupby("epoch")[column].mean()
+            ax.plot(rows.index + 1, rows.to_numpy(), marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _scatter(predicted: np.ndarray, true: np.ndarray, path: Path) -> Path:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.scatter(true, predicted, s=18, alpha=0.8)
+    lo, hi = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="identity")
+    r = np.corrcoef(true, predicted)[0, 1] if predicted.std() > 0 else 0.0
+    ax.set(xlabel="true", ylabel="predicted (subject mean)", title=f"Predicted vs true (r = {r:.2f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _roc(prob: np.ndarray, y: np.ndarray, n_classes: int, classes: list[str] | None, path: Path) -> Path:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    names = classes or [str(k) for k in range(n_classes)]
+    for k in ([1] if n_classes == 2 else range(n_classes)):
+        if 0 < (y == k).sum() < len(y):
+            fpr, tpr, _ = skm.roc_curve(y == k, prob[:, k])
+            ax.plot(fpr, tpr, label=f"{names[k]} (AUC {skm.auc(fpr, tpr):.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (per subject)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _confusion(predicted: np.ndarray, y: np.ndarray, n_classes: int, classes: list[str] | None, path: Path) -> Path:
+    matrix = skm.confusion_matrix(y, predicted, labels=list(range(n_classes)))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    names = classes or [str(k) for k in range(n_classes)]
+    ax.set_xticks(range(n_classes), names, rotation=45, ha="right")
+    ax.set_yticks(range(n_classes), names)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (subjects)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

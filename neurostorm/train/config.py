@@ -1,0 +1,174 @@
+"""Experiment configuration: one YAML file per experiment, validated into dataclasses.
+
+Every run folder gets the full configuration back as ``config.yaml`` (every default visible). Values are
+overridden on the command line as ``section.key=value`` (the value is read as YAML: ``optim.lr=1e-4``,
+``model.overrides={drop_path: 0.1}``). ``--config tiny`` or ``--config base`` start from a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neurostorm.errors import InputError
+
+
+@dataclass
+class StoreSource:
+    """One preprocessed store; pretraining samples stores by ``weight``, at most ``max_clips`` per epoch."""
+
+    path: str
+    weight: float = 1.0
+    max_clips: int | None = None
+
+
+@dataclass
+class DataConfig:
+    stores: list[StoreSource] = field(default_factory=list)  # fine-tuning uses the first
+    sequence_length: int = 20  # frames per clip (16 s at TR 0.8); task fMRI often uses 40
+    stride: int | None = None  # between evaluation clips; default non-overlapping
+    random_crop: bool = True  # training clips start at random frames
+    batch_size: int = 8
+    num_workers: int = 0
+    split_file: str | None = None  # subject split (JSON); default RUN_DIR/split.json, reused when present
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    val_subjects_for_pretraining: float = 0.1  # share of subjects held out to measure reconstruction
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "classification"  # classification | regression
+    label: str | None = None  # column of the store's labels (participants.tsv)
+    class_weights: bool = False  # weight classes by inverse frequency in the loss
+
+
+@dataclass
+class ModelConfig:
+    name: str = "neurostorm-tiny"  # registry name (see `neurostorm info`)
+    init: str = "scratch"  # scratch | a pretrained folder | a reference NeuroSTORM .ckpt
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    epochs: int = 30
+    warmup_epochs: int = 0  # linear warm-up, then cosine decay when cosine is on; both off in the paper
+    cosine: bool = False
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = "auto"  # number of devices, or a list
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    seed: int = 0
+    progress: bool = True
+    log_every_n_steps: int = 10
+    limit_train_batches: float | int = 1.0
+
+
+@dataclass
+class ExperimentConfig:
+    mode: str = "full"  # full | prompt | probe (ignored by pretraining)
+    prompt_tokens: int = 50
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "prompt", "probe"):
+            raise ValueError(f"mode must be full, prompt or probe, got {self.mode!r}")
+        if self.task.kind not in ("classification", "regression"):
+            raise ValueError(f"task.kind must be classification or regression, got {self.task.kind!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"model": {"name": "neurostorm-tiny"}, "optim": {"lr": 1e-3, "epochs": 10},
+             "data": {"batch_size": 4}},
+    "base": {"model": {"name": "neurostorm-base"}, "optim": {"lr": 5e-5, "weight_decay": 0.01, "epochs": 30},
+             "data": {"batch_size": 8}},
+}
+
+
+def _build(cls, values: dict, where: str):
+    """Dataclass ``cls`` from a (nested) dict, refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kind = {"task": TaskConfig, "data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+                "trainer": TrainerConfig}.get(name) if cls is ExperimentConfig else None
+        if kind is not None:
+            value = _build(kind, value, f"{where}.{name}")
+        elif cls is DataConfig and name == "stores":
+            value = [_build(StoreSource, {"path": v} if isinstance(v, str) else v, f"{where}.stores") for v in value]
+        elif cls is DataConfig and name == "split_fractions":
+            value = tuple(float(v) for v in value)
+        elif isinstance(value, str) and "float" in str(hints[name]):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` → {"a": {"b": {"c": value}}} with the value read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """A preset name or a YAML file, then ``key=value`` overrides, validated into an ExperimentConfig."""
+    values: dict = {}
+    if source is not None and str(source) in PRESETS:
+        values = PRESETS[str(source)]
+    elif source is not None:
+        path = Path(source)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise InputError(path, f"not a readable YAML config ({err})") from err
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    try:
+        return _build(ExperimentConfig, values, str(source or "config"))
+    except (TypeError, ValueError) as err:
+        raise InputError(source or "config", str(err)) from err
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    plain = json.loads(json.dumps(config.to_dict()))  # tuples → lists, which YAML's safe dumper writes
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))

@@ -1,0 +1,159 @@
+"""Lightning data modules: labelled clips of one store (fine-tuning) and clips of many stores (pretraining).
+
+Splits are by subject, seeded, stratified for classification, saved as JSON in the run folder and reused.
+Pretraining mixes stores by weight with an optional cap of clips per epoch; the sampler draws a new seeded
+order every epoch, and Lightning shards it across DDP ranks (each rank sees a disjoint part). Stores open
+only their manifest at start-up; runs are opened on first read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
+
+from neurostorm.data.datasets import ClipDataset
+from neurostorm.data.splits import load_or_make_split, make_split
+from neurostorm.data.store import Store
+from neurostorm.errors import InputError
+from neurostorm.train.config import ExperimentConfig
+
+
+def subjects_table(store: Store) -> pd.DataFrame:
+    return store.manifest.drop_duplicates("subject").astype({"subject": str})
+
+
+class LabelledClips(L.LightningDataModule):
+    """Train / val / test clips of the first store of ``config.data``, labelled by ``config.task.label``."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
+        super().__init__()
+        self.config, self.run_dir = config, Path(run_dir)
+        if not config.data.stores:
+            raise InputError("config", "data.stores is empty: give the store to train on")
+        if config.task.label is None:
+            raise InputError("config", "task.label is not set: which label column to predict")
+        self.store = Store(config.data.stores[0].path)
+        if config.task.label not in self.store.manifest.columns:
+            raise InputError(self.store.location, f"no label column {config.task.label!r} in the store; "
+                                                  f"columns: {sorted(self.store.manifest.columns)}")
+        split_file = Path(config.data.split_file) if config.data.split_file else self.run_dir / "split.json"
+        labelled = subjects_table(self.store).dropna(subset=[config.task.label])
+        stratify = config.task.label if config.task.kind == "classification" else None
+        self.split = load_or_make_split(split_file, labelled, config.data.split_fractions, config.trainer.seed,
+                                        stratify=stratify)
+        data, label, kind = config.data, config.task.label, config.task.kind
+        self.datasets = {
+            name: ClipDataset(self.store, self.split[name], data.sequence_length, stride=data.stride,
+                              random_crop=data.random_crop and name == "train", label=label, task=kind)
+            for name in ("train", "val", "test")}
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.datasets["train"].classes
+
+    def train_targets(self) -> np.ndarray:
+        train = self.datasets["train"]
+        return np.array([train._label_of[r] for r in train.runs["run_id"]])
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[name], batch_size=self.config.data.batch_size, shuffle=shuffle,
+                          num_workers=self.config.data.num_workers, persistent_workers=self.config.data.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def loader(self, name: str) -> DataLoader:
+        """An in-order loader over one split (for embedding and prediction)."""
+        return self._loader(name, shuffle=False)
+
+
+class StoreMixSampler(Sampler[int]):
+    """Indices into a ConcatDataset of stores: per epoch ``weight × min(size, max_clips)`` clips of each store,
+    drawn without replacement where they fit, shuffled together. The order depends on (seed, epoch) only:
+    Lightning sets the epoch (so a resumed run replays the same orders); without it, each pass advances it."""
+
+    def __init__(self, sizes: list[int], weights: list[float], caps: list[int | None], seed: int = 0) -> None:
+        self.sizes, self.weights, self.caps, self.seed = sizes, weights, caps, seed
+        self.epoch = 0
+        self.counts = [int(round(w * (n if c is None else min(n, c)))) for n, w, c in zip(sizes, weights, caps,
+                                                                                           strict=True)]
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        offsets = np.cumsum([0, *self.sizes[:-1]])
+        chosen = [offset + rng.choice(size, count, replace=count > size)
+                  for offset, size, count in zip(offsets, self.sizes, self.counts, strict=True) if count]
+        order = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
+        return iter(rng.permutation(order).tolist())
+
+
+class PretrainClips(L.LightningDataModule):
+    """Clips of every store of ``config.data.stores``; a share of each store's subjects held out for val."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
+        super().__init__()
+        self.config, self.run_dir = config, Path(run_dir)
+        if not config.data.stores:
+            raise InputError("config", "data.stores is empty: give at least one store to pretrain on")
+        data, seed = config.data, config.trainer.seed
+        train_sets, val_sets = [], []
+        held = data.val_subjects_for_pretraining
+        for source in data.stores:
+            store = Store(source.path)
+            subjects = subjects_table(store)
+            if held > 0 and len(subjects) >= 3:
+                split = make_split(subjects, (1 - held, held / 2, held / 2), seed)
+                train_ids, val_ids = split["train"], split["val"] + split["test"]
+            else:
+                train_ids, val_ids = subjects["subject"].tolist(), []
+            train_sets.append(ClipDataset(store, train_ids, data.sequence_length, random_crop=data.random_crop))
+            if val_ids:
+                val_sets.append(ClipDataset(store, val_ids, data.sequence_length, stride=data.stride))
+        self.train_set, self.val_set = ConcatDataset(train_sets), ConcatDataset(val_sets) if val_sets else None
+        self.sampler = StoreMixSampler([len(d) for d in train_sets], [s.weight for s in data.stores],
+                                       [s.max_clips for s in data.stores], seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.config.data.batch_size, sampler=self.sampler,
+                          num_workers=self.config.data.num_workers, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.config.data.batch_size,
+                          num_workers=self.config.data.num_workers)
+
+
+def fit_to_model(x: torch.Tensor, img_size: tuple[int, int, int]) -> torch.Tensor:
+    """Average-pool clips (B, 1, X, Y, Z, T) from a finer store grid to the model's input size (integer factor)."""
+    size = tuple(x.shape[2:5])
+    if size == tuple(img_size):
+        return x
+    factors = {s // m for s, m in zip(size, img_size, strict=True) if m and s % m == 0}
+    if len(factors) != 1 or any(s != m * next(iter(factors)) for s, m in zip(size, img_size, strict=True)):
+        raise ValueError(f"clips of {size} voxels do not fit the model's {tuple(img_size)}; preprocess with the "
+                         "matching --grid")
+    k = factors.pop()
+    b, _, _, _, _, t = x.shape
+    frames = x.permute(0, 5, 1, 2, 3, 4).reshape(b * t, 1, *size)
+    pooled = torch.nn.functional.avg_pool3d(frames, k)
+    return pooled.reshape(b, t, 1, *img_size).permute(0, 2, 3, 4, 5, 1)

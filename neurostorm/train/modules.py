@@ -1,0 +1,145 @@
+"""LightningModules: STORM pretraining and supervised adaptation (full fine-tuning or prompt tuning)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurostorm.data.augment import augment
+from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.storm import STORM
+from neurostorm.train.config import OptimConfig
+from neurostorm.train.data import fit_to_model
+
+
+def make_optimizer(module: L.LightningModule, optim: OptimConfig, steps_per_epoch: int):
+    """AdamW over trainable parameters (no weight decay on norms, biases, A_log, D, tables); optional
+    linear warm-up and cosine decay, stepped per optimiser step."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or name.endswith(("pos_embed", "time_embed"))
+        (no_decay if skip else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
+    if not (optim.cosine or optim.warmup_epochs):
+        return optimizer
+    total = max(1, optim.epochs * steps_per_epoch)
+    warmup = optim.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not optim.cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PretrainModule(L.LightningModule):
+    """STORM masked reconstruction with augmentation; validation also reports the loss of predicting each
+    clip's mean, the floor a useful model must beat."""
+
+    def __init__(self, model: STORM, optim: OptimConfig, steps_per_epoch: int = 1, augment_clips: bool = True):
+        super().__init__()
+        self.model, self.optim, self.steps_per_epoch, self.augment_clips = model, optim, steps_per_epoch, augment_clips
+
+    def _input(self, batch: dict) -> torch.Tensor:
+        return fit_to_model(batch["x"], self.model.config.encoder.img_size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x = self._input(batch)
+        if self.augment_clips:
+            x = augment(x)
+        loss = self.model(x).loss
+        self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = self._input(batch)
+        generator = torch.Generator(device=x.device).manual_seed(batch_idx)  # the same masks every epoch
+        out = self.model(x, generator=generator)
+        mean_prediction = x.mean(dim=(1, 2, 3, 4, 5), keepdim=True).expand_as(x)
+        patches = self.model.encoder.patch_embed.patchify(mean_prediction)
+        self.log("val_loss", out.loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+        self.log("val_loss_mean_predictor", self.model.loss(x, patches, out.mask), batch_size=x.shape[0],
+                 sync_dist=True)
+
+    def configure_optimizers(self):
+        return make_optimizer(self, self.optim, self.steps_per_epoch)
+
+
+class AdaptModule(L.LightningModule):
+    """Encoder + head trained on a label: BCE for two classes, cross-entropy for K, MSE on standardised
+    targets for regression. Collects per-clip outputs of val/test for per-subject metrics."""
+
+    def __init__(self, encoder: NeuroSTORM, head: nn.Module, kind: str, n_classes: int, optim: OptimConfig,
+                 target_mean: float = 0.0, target_std: float = 1.0, class_weights: np.ndarray | None = None,
+                 steps_per_epoch: int = 1) -> None:
+        super().__init__()
+        self.encoder, self.head, self.kind, self.n_classes = encoder, head, kind, n_classes
+        self.optim, self.steps_per_epoch = optim, steps_per_epoch
+        self.target_mean, self.target_std = target_mean, target_std
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.outputs: dict[str, list] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z, T) → logits (B, 1 or K), or standardised predictions (B, 1) for regression."""
+        return self.head(self.encoder.encode(fit_to_model(x, self.encoder.config.img_size)))
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return F.mse_loss(out[:, 0], (y - self.target_mean) / self.target_std)
+        if self.n_classes == 2:
+            weight = None if self.class_weights is None else self.class_weights[y]
+            return F.binary_cross_entropy_with_logits(out[:, 0], y.float(), weight=weight)
+        return F.cross_entropy(out, y, weight=self.class_weights)
+
+    def to_original_units(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.target_std + self.target_mean if self.kind == "regression" else out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["x"]), batch["y"])
+        self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0])
+        return loss
+
+    def _collect(self, stage: str, batch: dict) -> None:
+        out = self(batch["x"])
+        self.log(f"{stage}_loss", self.loss(out, batch["y"]), prog_bar=stage == "val", batch_size=out.shape[0],
+                 sync_dist=True)
+        self.outputs.setdefault(stage, []).append(
+            (list(batch["subject"]), self.to_original_units(out).detach().float().cpu().numpy(),
+             batch["y"].cpu().numpy()))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._collect("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._collect("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        from neurostorm.tasks.evaluation import subject_metrics
+
+        gathered = self.outputs.pop("val", [])
+        if not gathered or self.trainer.sanity_checking:
+            return
+        subjects = np.concatenate([np.asarray(g[0]) for g in gathered])
+        metrics = subject_metrics(self.kind, self.n_classes, subjects, np.concatenate([g[1] for g in gathered]),
+                                  np.concatenate([g[2] for g in gathered]))
+        # one number to pick the best checkpoint by: higher is better
+        score = -metrics["mse"] if self.kind == "regression" else metrics["balanced_accuracy"]
+        self.log("val_score", score, prog_bar=True)
+        for name, value in metrics.items():
+            self.log(f"val_{name}", value)
+
+    def configure_optimizers(self):
+        return make_optimizer(self, self.optim, self.steps_per_epoch)

@@ -1,0 +1,227 @@
+"""Runs: pretrain, fine-tune (full / prompt / probe), evaluate, embed, predict — each writes a run folder.
+
+RUN_DIR/config.yaml       the full configuration
+RUN_DIR/split.json        subjects per split (reused when present)
+RUN_DIR/checkpoints/      Lightning checkpoints: best.ckpt (by validation) and last.ckpt (for --resume)
+RUN_DIR/model/            exported weights: config.json + model.safetensors (+ head.safetensors, task.json)
+RUN_DIR/logs/             metrics.csv and TensorBoard events
+RUN_DIR/metrics.json      test metrics per subject, each {value, ci_low, ci_high}
+RUN_DIR/predictions.csv   test predictions per clip
+RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs true
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from safetensors.torch import load_file, save_file
+
+from neurostorm.data.store import write_json_atomic
+from neurostorm.errors import InputError
+from neurostorm.models import ClassificationHead, RegressionHead, build_model
+from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.prompts import prompt_tuning
+from neurostorm.models.weights import (
+    load_encoder,
+    load_official_checkpoint,
+    load_pretrained,
+    save_pretrained,
+)
+from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
+from neurostorm.train.config import ExperimentConfig, load_config, save_config
+from neurostorm.train.data import LabelledClips, PretrainClips
+from neurostorm.train.modules import AdaptModule, PretrainModule
+
+
+class RandomState(Callback):
+    """Keeps the Python, NumPy and PyTorch random states in every checkpoint and restores them on resume, so
+    a resumed run draws the same crops, augmentations and masks as one that was never interrupted."""
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        version, keys, position = random.getstate()
+        _, numpy_keys, numpy_pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["random_state"] = {"python": [version, list(keys), position], "torch": torch.get_rng_state(),
+                                      "numpy": [numpy_keys.tolist(), int(numpy_pos), int(has_gauss), float(gauss)]}
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        state = checkpoint.get("random_state")
+        if state is None:
+            return
+        version, keys, position = state["python"]
+        random.setstate((version, tuple(keys), position))
+        torch.set_rng_state(state["torch"])
+        keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max") -> L.Trainer:
+    t, o = config.trainer, config.optim
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                                 save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
+    return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                     precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
+                     gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
+                     callbacks=[checkpoint, RandomState()], log_every_n_steps=t.log_every_n_steps,
+                     default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+
+
+def _start(config: ExperimentConfig, run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    return run_dir
+
+
+def _resume_path(run_dir: Path, resume: bool) -> Path | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise InputError(last, "nothing to resume: no last checkpoint in the run folder")
+    return last if resume else None
+
+
+def initial_encoder(config: ExperimentConfig) -> NeuroSTORM:
+    """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt."""
+    m = config.model
+    if m.init == "scratch":
+        return build_model(m.name, **m.overrides)
+    path = Path(m.init)
+    if path.is_dir():
+        return load_encoder(path, **m.overrides)
+    if path.suffix in (".ckpt", ".pt", ".pth"):
+        encoder = build_model(m.name, **m.overrides)
+        report = load_official_checkpoint(path, encoder)
+        if not report.loaded:
+            raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
+        print(f"{path}: {report}")
+        return encoder
+    raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
+
+
+def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    """STORM masked pretraining over every store in ``config.data.stores``; exports RUN_DIR/model."""
+    run_dir = _start(config, run_dir)
+    name = config.model.name if "-mae-" in config.model.name else config.model.name.replace("neurostorm-",
+                                                                                              "neurostorm-mae-")
+    model = build_model(name, **config.model.overrides)
+    data = PretrainClips(config, run_dir)
+    steps = max(1, len(data.sampler) // config.data.batch_size)
+    module = PretrainModule(model, config.optim, steps)
+    trainer = _trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(run_dir, resume), weights_only=True)
+    summary = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    summary["seconds"] = time.perf_counter() - start
+    if trainer.is_global_zero:
+        save_pretrained(model, run_dir / "model", preprocessing=data.train_set.datasets[0].store.info)
+        write_json_atomic(run_dir / "metrics.json", summary)
+    return summary
+
+
+def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTORM):
+    if config.task.kind == "regression":
+        targets = data.train_targets().astype(float)
+        return RegressionHead(encoder.out_dim), 1, float(targets.mean()), float(targets.std() or 1.0), None
+    n_classes = len(data.classes or [])
+    if n_classes < 2:
+        raise InputError(data.store.location, f"label {config.task.label!r} has fewer than 2 classes")
+    weights = None
+    if config.task.class_weights:
+        counts = np.bincount(data.train_targets().astype(int), minlength=n_classes)
+        weights = counts.sum() / (n_classes * np.maximum(counts, 1))
+    return ClassificationHead(encoder.out_dim, n_classes), n_classes, 0.0, 1.0, weights
+
+
+def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
+    if config.mode == "probe":
+        from neurostorm.train.probe import linear_probe
+
+        return linear_probe(config, _start(config, run_dir))
+    run_dir = _start(config, run_dir)
+    data = LabelledClips(config, run_dir)
+    encoder = initial_encoder(config)
+    head, n_classes, mean, std, weights = _task_head(config, data, encoder)
+    if config.mode == "prompt":
+        print(prompt_tuning(encoder, head, config.prompt_tokens))
+    steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
+    module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
+    trainer = _trainer(config, run_dir, monitor="val_score")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(run_dir, resume), weights_only=True)
+    seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path
+    if best:  # test the best checkpoint by validation, not the last one
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    task = {"kind": config.task.kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
+            "target_mean": mean, "target_std": std, "mode": config.mode, "train_seconds": seconds,
+            "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+    if trainer.is_global_zero:
+        export_adapted(module, task, run_dir / "model", preprocessing=data.store.info)
+    return report(run_dir, module, data, task)
+
+
+def export_adapted(module: AdaptModule, task: dict, folder: Path, preprocessing: dict) -> None:
+    save_pretrained(module.encoder, folder, preprocessing=preprocessing)
+    save_file({k: v.contiguous() for k, v in module.head.state_dict().items()}, str(folder / "head.safetensors"))
+    write_json_atomic(folder / "task.json", task)
+
+
+def load_adapted(folder: Path, optim=None) -> tuple[AdaptModule, dict]:
+    """The encoder + head of a fine-tuned run's ``model`` folder, in evaluation mode."""
+    task = json.loads((folder / "task.json").read_text())
+    encoder = load_pretrained(folder)
+    head = RegressionHead(encoder.out_dim) if task["kind"] == "regression" else \
+        ClassificationHead(encoder.out_dim, task["n_classes"])
+    head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    module = AdaptModule(encoder, head, task["kind"], task["n_classes"], optim, task["target_mean"],
+                         task["target_std"])
+    return module.eval(), task
+
+
+@torch.inference_mode()
+def predict_clips(module: AdaptModule, loader) -> tuple[list, list, list, np.ndarray, np.ndarray]:
+    subjects, runs, starts, outputs, targets = [], [], [], [], []
+    for batch in loader:
+        outputs.append(module.to_original_units(module(batch["x"])).float().numpy())
+        subjects += list(batch["subject"])
+        runs += list(batch["run_id"])
+        starts += [int(s) for s in batch["start"]]
+        targets.append(batch["y"].numpy() if "y" in batch else np.full(len(batch["subject"]), np.nan))
+    return subjects, runs, starts, np.concatenate(outputs), np.concatenate(targets)
+
+
+def report(run_dir: Path, module: AdaptModule, data: LabelledClips, task: dict) -> dict:
+    """Test predictions, metrics with CIs, figures; returns the metrics."""
+    module.eval()
+    frame = predictions_frame(*predict_clips(module, data.loader("test")))
+    frame.to_csv(run_dir / "predictions.csv", index=False)
+    metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
+    metrics["task"] = task
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    plot_run_figures(task["kind"], task["n_classes"], frame, task["classes"], run_dir / "logs" / "metrics.csv",
+                     run_dir / "figures")
+    return metrics
+
+
+def evaluate(run_dir: str | Path) -> dict:
+    """Recompute the test metrics of a fine-tuned run from its exported model and saved split."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise InputError(run_dir, "not a run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    module, task = load_adapted(run_dir / "model", config.optim)
+    data = LabelledClips(config, run_dir)
+    frame = predictions_frame(*predict_clips(module, data.loader("test")))
+    metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
+    metrics["task"] = task
+    return metrics

@@ -1,0 +1,67 @@
+"""STORM pretraining from the command line: mixing stores, exported weights, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from neurostorm.cli import main
+from neurostorm.models.weights import load_encoder
+from neurostorm.train.data import StoreMixSampler
+
+ARGS = ["--config", "tiny", "--quiet", "optim.epochs=3", "data.batch_size=4", "optim.lr=1e-3"]
+
+
+def stores(store):
+    return f"data.stores=[{{path: {store}, max_clips: 12}}]"
+
+
+def test_store_mix_sampler_weights_caps_and_epochs():
+    sampler = StoreMixSampler([10, 100], weights=[2.0, 1.0], caps=[None, 20], seed=0)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 2 * 10 + 20
+    assert sum(i < 10 for i in first) == 20 and len({i for i in first if i >= 10}) == 20
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first and second != first
+
+
+def test_pretraining_lowers_held_out_loss_and_exports_an_encoder(labelled_store, tmp_path):
+    run = tmp_path / "pre"
+    assert main(["pretrain", *ARGS, stores(labelled_store), "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"val_loss", "val_loss_mean_predictor", "train_loss_epoch"} <= metrics.keys()
+    log = pd.read_csv(run / "logs" / "metrics.csv")
+    val = log[["epoch", "val_loss"]].dropna().groupby("epoch")["val_loss"].mean()
+    assert len(val) == 3 and val.iloc[-1] < val.iloc[0]
+    encoder = load_encoder(run / "model")
+    assert encoder.config.img_size == (48, 48, 48)
+    assert json.loads((run / "model" / "config.json").read_text())["preprocessing"]["grid"]["name"] == \
+        "mni152-fsl-4mm-48"
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["pretrain", *ARGS, stores(labelled_store), "--out", str(straight)]) == 0
+    command = [sys.executable, "-m", "neurostorm.cli", "pretrain", *ARGS, stores(labelled_store), "--out", str(killed)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert last.exists() and not (killed / "model").exists(), "the run was not interrupted after a checkpoint"
+    assert main(["pretrain", *ARGS, stores(labelled_store), "--out", str(killed), "--resume"]) == 0
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, different[:5]

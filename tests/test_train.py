@@ -1,0 +1,57 @@
+"""Training from the command line on a generated cohort: fine-tuning modes, metrics with CIs, evaluation."""
+
+import json
+
+import pytest
+
+from neurostorm.cli import main
+from neurostorm.train.config import load_config, parse_override
+
+
+def run_cli(kind, store, out, *overrides):
+    argv = [kind, "--config", "tiny", "--out", str(out), "--quiet", f"data.stores=[{store}]",
+            "data.split_fractions=[0.5,0.1,0.4]", *overrides]
+    assert main(argv) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_config_overrides_and_validation(tmp_path):
+    assert parse_override("data.batch_size=2") == {"data": {"batch_size": 2}}
+    config = load_config("tiny", ["optim.lr=1e-4", "optim.epochs=3", "data.stores=[a, {path: b, weight: 2}]",
+                                  "mode=prompt"])
+    assert config.optim.epochs == 3 and config.mode == "prompt" and config.optim.lr == 1e-4
+    assert [s.path for s in config.data.stores] == ["a", "b"] and config.data.stores[1].weight == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {learning_rate: 0.1}\n")
+    with pytest.raises(Exception, match=r"bad.yaml: .*unknown setting\(s\) \['learning_rate'\]"):
+        load_config(bad)
+
+
+def test_full_finetuning_learns_sex_and_evaluate_reproduces_it(labelled_store, tmp_path, capsys):
+    run = tmp_path / "sex"
+    metrics = run_cli("finetune", labelled_store, run, "task.label=sex", "optim.epochs=8")
+    assert metrics["n_subjects"] == 16
+    accuracy = metrics["balanced_accuracy"]
+    assert accuracy["ci_low"] > 0.5, accuracy
+    for name in ("config.yaml", "split.json", "predictions.csv", "model/model.safetensors", "model/head.safetensors",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv", "figures/roc.png",
+                 "figures/confusion_matrix.png", "figures/loss_curves.png"):
+        assert (run / name).exists(), name
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert f"balanced_accuracy  {accuracy['value']:.3f}  95% CI [{accuracy['ci_low']:.3f}" in printed
+
+
+def test_linear_probe_predicts_age(labelled_store, tmp_path):
+    metrics = run_cli("finetune", labelled_store, tmp_path / "age", "task.label=age", "task.kind=regression",
+                      "mode=probe")
+    assert metrics["pearson_r"]["ci_low"] > 0, metrics["pearson_r"]
+    assert (tmp_path / "age" / "embeddings.npz").exists()
+    assert (tmp_path / "age" / "figures" / "predicted_vs_true.png").exists()
+
+
+def test_prompt_tuning_runs_end_to_end(labelled_store, tmp_path):
+    metrics = run_cli("finetune", labelled_store, tmp_path / "prompt", "task.label=sex", "mode=prompt",
+                      "prompt_tokens=4", "optim.epochs=1")
+    assert metrics["task"]["trainable_parameters"] == 4 * sum(16 * 2**i * 2 for i in range(4)) + 129
