@@ -116,6 +116,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from neurostorm.train.run import embed
+
+    path = embed(_experiment(args), args.out)
+    print(f"{path}: clip and per-subject embeddings")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from neurostorm.train.run import predict
+
+    table = predict(_experiment(args), args.out)
+    print(f"{args.out}: predictions for {len(table)} subjects (predictions.csv per clip, subject_predictions.csv)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurostorm", description=__doc__.splitlines()[0] if __doc__ else None,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -167,16 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("atlases", "list the atlases available offline", _cmd_atlases)
 
-    def add_run(name: str, helptext: str, handler: Callable[[argparse.Namespace], int]) -> None:
+    def add_run(name: str, helptext: str, handler: Callable[[argparse.Namespace], int], resumable: bool = True
+                ) -> None:
         command = add(name, helptext, handler)
         command.add_argument("--config", required=True, help="YAML file, or a preset: tiny, base")
         command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.batch_size=2")
         command.add_argument("--out", required=True, metavar="RUN_DIR")
-        command.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+        if resumable:
+            command.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
 
     add_run("pretrain", "STORM masked pretraining over one or more stores", _cmd_pretrain)
     add_run("finetune", "adapt an encoder to a label: full fine-tuning, prompt tuning or linear probe",
             _cmd_finetune)
+    add_run("embed", "pooled encoder embeddings of every clip of the configured stores", _cmd_embed, False)
+    add_run("predict", "apply a fine-tuned model (model.init = its model folder) to a store", _cmd_predict, False)
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR")
 

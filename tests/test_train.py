@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from neurostorm.cli import main
@@ -41,6 +43,24 @@ def test_full_finetuning_learns_sex_and_evaluate_reproduces_it(labelled_store, t
     assert main(["evaluate", str(run)]) == 0
     printed = capsys.readouterr().out
     assert f"balanced_accuracy  {accuracy['value']:.3f}  95% CI [{accuracy['ci_low']:.3f}" in printed
+
+    # the exported model predicts on a store; its labels are not needed
+    assert main(["predict", "--config", "tiny", f"model.init={run / 'model'}", f"data.stores=[{labelled_store}]",
+                 "--out", str(tmp_path / "predicted"), "--quiet"]) == 0
+    table = pd.read_csv(tmp_path / "predicted" / "subject_predictions.csv", dtype={"subject": str})
+    assert list(table.columns) == ["subject", "sex", "p_F", "p_M"] and len(table) == 40
+    truth = pd.read_parquet(labelled_store / "manifest.parquet").drop_duplicates("subject").set_index("subject")
+    test_subjects = json.loads((run / "split.json").read_text())["test"]
+    rows = table.set_index("subject").loc[test_subjects]
+    assert (rows["sex"] == truth.loc[test_subjects, "sex"]).mean() == accuracy["value"]
+
+
+def test_embed_writes_clip_and_subject_embeddings(labelled_store, tmp_path):
+    assert main(["embed", "--config", "tiny", f"data.stores=[{labelled_store}]", "--out", str(tmp_path / "emb"),
+                 "--quiet"]) == 0
+    with np.load(tmp_path / "emb" / "embeddings.npz") as saved:
+        assert saved["embedding"].shape == (40, 128) and saved["subject_embedding"].shape == (40, 128)
+        assert np.isfinite(saved["embedding"]).all()
 
 
 def test_linear_probe_predicts_age(labelled_store, tmp_path):

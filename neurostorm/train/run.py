@@ -1,4 +1,4 @@
-"""Runs: pretrain, fine-tune (full / prompt / probe), evaluate, embed, predict — each writes a run folder.
+"""Runs: pretrain, fine-tune (full / prompt / probe), evaluate, embed, predict — each writes a folder.
 
 RUN_DIR/config.yaml       the full configuration
 RUN_DIR/split.json        subjects per split (reused when present)
@@ -19,11 +19,14 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 
+from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.store import write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, build_model
@@ -36,8 +39,9 @@ from neurostorm.models.weights import (
     save_pretrained,
 )
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
+from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
-from neurostorm.train.data import LabelledClips, PretrainClips
+from neurostorm.train.data import LabelledClips, PretrainClips, fit_to_model
 from neurostorm.train.modules import AdaptModule, PretrainModule
 
 
@@ -225,3 +229,58 @@ def evaluate(run_dir: str | Path) -> dict:
     metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
     metrics["task"] = task
     return metrics
+
+
+def _all_clips(config: ExperimentConfig, path: str) -> DataLoader:
+    dataset = ClipDataset(path, sequence_length=config.data.sequence_length, stride=config.data.stride)
+    return DataLoader(dataset, batch_size=config.data.batch_size, num_workers=config.data.num_workers)
+
+
+@torch.inference_mode()
+def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
+    """Pooled embeddings of every clip of every store in ``config.data.stores`` with the configured encoder;
+    writes OUT/embeddings.npz (clip-level: embedding, subject, run_id, start, store) and a per-subject mean."""
+    out_dir = _start(config, out_dir)
+    encoder = initial_encoder(config).eval()
+    columns: dict[str, list] = {"embedding": [], "subject": [], "run_id": [], "start": [], "store": []}
+    for source in config.data.stores:
+        for batch in _all_clips(config, source.path):
+            columns["embedding"].append(encoder.encode(fit_to_model(batch["x"], encoder.config.img_size)).numpy())
+            columns["subject"] += list(batch["subject"])
+            columns["run_id"] += list(batch["run_id"])
+            columns["start"] += [int(s) for s in batch["start"]]
+            columns["store"] += [source.path] * len(batch["subject"])
+    arrays = {k: np.concatenate(v) if k == "embedding" else np.asarray(v) for k, v in columns.items()}
+    subjects, means, _ = per_subject(arrays["subject"], arrays["embedding"], arrays["subject"])
+    path = out_dir / "embeddings.npz"
+    tmp = out_dir / ".embeddings.tmp.npz"
+    np.savez(tmp, **arrays, subject_ids=subjects, subject_embedding=means.astype(np.float32))
+    tmp.replace(path)
+    return path
+
+
+def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
+    """Apply a fine-tuned model (``model.init`` = its model folder) to every clip of ``data.stores[0]``;
+    writes OUT/predictions.csv per clip and OUT/subject_predictions.csv per subject (class and probabilities,
+    or the value in the label's units)."""
+    folder = Path(config.model.init)
+    if not (folder / "task.json").exists():
+        raise InputError(folder, "model.init must be the model folder of a fine-tuned run (with task.json)")
+    if not config.data.stores:
+        raise InputError("config", "data.stores is empty: give the store to predict on")
+    out_dir = _start(config, out_dir)
+    module, task = load_adapted(folder, config.optim)
+    frame = predictions_frame(*predict_clips(module, _all_clips(config, config.data.stores[0].path)))
+    frame.to_csv(out_dir / "predictions.csv", index=False)
+    outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
+    ids, out, _ = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    table = pd.DataFrame({"subject": ids})
+    if task["kind"] == "regression":
+        table[task["label"]] = out[:, 0]
+    else:
+        prob = probabilities(out)
+        table[task["label"]] = [task["classes"][k] for k in prob.argmax(1)]
+        for k, name in enumerate(task["classes"]):
+            table[f"p_{name}"] = prob[:, k]
+    table.to_csv(out_dir / "subject_predictions.csv", index=False)
+    return table
