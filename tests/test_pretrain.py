@@ -65,3 +65,19 @@ def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path)
     assert a.keys() == b.keys()
     different = [k for k in a if not (a[k] == b[k]).all()]
     assert not different, different[:5]
+
+
+def test_ddp_on_two_cpu_processes_shards_the_data_and_keeps_weights_equal(labelled_store, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "neurostorm.cli", "pretrain", *ARGS, "optim.epochs=1", "data.random_crop=false",
+               stores(labelled_store), "trainer.accelerator=cpu", "trainer.devices=2",
+               "trainer.strategy=ddp", "trainer.record_samples=true", "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [pd.read_csv(run / "samples" / f"rank{r}.tsv", sep="\t") for r in (0, 1)]
+    clips = [set(zip(s["run_id"], s["start"], strict=True)) for s in seen]
+    assert clips[0] and clips[1] and not clips[0] & clips[1]
+    assert len(clips[0]) + len(clips[1]) == 12  # all 12 clips of the epoch, 6 per process
+    weights = [(run / "samples" / f"rank{r}.weights").read_text() for r in (0, 1)]
+    assert weights[0] == weights[1]

@@ -77,6 +77,7 @@ class TrainerConfig:
     progress: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: float | int = 1.0
+    record_samples: bool = False  # write RUN_DIR/samples/rank<r>.tsv: the clips each process trained on
 
 
 @dataclass

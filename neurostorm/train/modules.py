@@ -130,7 +130,14 @@ class AdaptModule(L.LightningModule):
         from neurostorm.tasks.evaluation import subject_metrics
 
         gathered = self.outputs.pop("val", [])
-        if not gathered or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process scores the whole validation set, so all agree on the best checkpoint
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, gathered)
+            gathered = [item for part in parts for item in part]
+        if not gathered:
             return
         subjects = np.concatenate([np.asarray(g[0]) for g in gathered])
         metrics = subject_metrics(self.kind, self.n_classes, subjects, np.concatenate([g[1] for g in gathered]),

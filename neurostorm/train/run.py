@@ -66,15 +66,40 @@ class RandomState(Callback):
         np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
+class SampleRecord(Callback):
+    """Writes the clips each process trained on (epoch, run_id, start) and, at the end, a checksum of its
+    weights: with DDP the files show that ranks saw disjoint data and ended with the same weights."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, trainer) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f"rank{trainer.global_rank}.tsv"
+
+    def on_train_start(self, trainer, module) -> None:
+        self._path(trainer).write_text("epoch\trun_id\tstart\n")
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        with self._path(trainer).open("a") as f:
+            for run_id, start in zip(batch["run_id"], batch["start"], strict=True):
+                f.write(f"{trainer.current_epoch}\t{run_id}\t{int(start)}\n")
+
+    def on_train_end(self, trainer, module) -> None:
+        total = sum(float(p.detach().double().sum()) for p in module.parameters())
+        (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
+
+
 def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max") -> L.Trainer:
     t, o = config.trainer, config.optim
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
+    callbacks = [checkpoint, RandomState()] + ([SampleRecord(run_dir / "samples")] if t.record_samples else [])
     return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
                      gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
-                     callbacks=[checkpoint, RandomState()], log_every_n_steps=t.log_every_n_steps,
+                     callbacks=callbacks, log_every_n_steps=t.log_every_n_steps,
                      default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
 
 
