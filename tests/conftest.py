@@ -58,6 +58,44 @@ def mni_brain_run(n_frames: int = 30, orientation: str = "RAS", voxel_mm: float 
     return data, grid.affine
 
 
+def blob_maker(grid):
+    """A function centre (mm) → Gaussian blob (σ 12 mm) on ``grid``."""
+    world = nib.affines.apply_affine(grid.affine, np.indices(grid.shape).reshape(3, -1).T).reshape(*grid.shape, 3)
+    return lambda centre: np.exp(-np.sum((world - np.asarray(centre)) ** 2, axis=-1) / (2 * 12.0**2))
+
+
+@pytest.fixture(scope="session")
+def task_store(tmp_path_factory) -> Path:
+    """A 4 mm store of 8 subjects, one 112-frame task run each (TR 0.8 s) with BIDS events beside it:
+    blocks of 16 frames of three conditions, each brightening its own region, 4 rest frames between."""
+    from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
+
+    root = tmp_path_factory.mktemp("task")
+    grid = MNI152_FSL_4MM_48
+    brain = template_brain_mask(grid)
+    blob = blob_maker(grid)
+    regions = {"faces": blob((40, -50, -10)), "houses": blob((-30, -40, -10)), "tools": blob((-45, -60, 0))}
+    order = ["faces", "houses", "tools", "houses", "tools", "faces"]
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        sid = f"sub-{i:02d}"
+        pattern = np.ones((*grid.shape, 112), np.float32)
+        rows = []
+        for b, condition in enumerate(order):
+            onset = 4 + b * 18
+            pattern[..., onset:onset + 16] += 0.03 * regions[condition][..., None]
+            rows.append(f"{onset * 0.8:.1f}\t{16 * 0.8:.1f}\t{condition}")
+        data = np.zeros_like(pattern)
+        data[brain] = 1000 * pattern[brain] * (1 + 0.01 * rng.standard_normal((brain.sum(), 112)))
+        func = root / "bids" / sid / "func"
+        write_run(func / f"{sid}_task-objects_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz", data, grid.affine,
+                  tr=0.8)
+        (func / f"{sid}_task-objects_events.tsv").write_text("onset\tduration\ttrial_type\n" + "\n".join(rows) + "\n")
+    result = preprocess([root / "bids"], root / "store", PreprocessConfig(grid=grid.name), workers=2, progress=False)
+    assert not result.failures, result.failures
+    return root / "store"
+
+
 @pytest.fixture(scope="session")
 def labelled_store(tmp_path_factory) -> Path:
     """A 4 mm store of 40 subjects × 20 frames (TR 0.8 s) whose labels leave a visible trace in the BOLD:
@@ -67,11 +105,7 @@ def labelled_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("labelled")
     grid = MNI152_FSL_4MM_48
     brain = template_brain_mask(grid)
-    world = nib.affines.apply_affine(grid.affine, np.indices(grid.shape).reshape(3, -1).T).reshape(*grid.shape, 3)
-
-    def blob(centre):
-        return np.exp(-np.sum((world - np.asarray(centre)) ** 2, axis=-1) / (2 * 12.0**2))
-
+    blob = blob_maker(grid)
     left, right = blob((-40, -20, 20)), blob((40, -20, 20))
     rng = np.random.default_rng(0)
     n = 40

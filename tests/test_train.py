@@ -75,3 +75,13 @@ def test_prompt_tuning_runs_end_to_end(labelled_store, tmp_path):
     metrics = run_cli("finetune", labelled_store, tmp_path / "prompt", "task.label=sex", "mode=prompt",
                       "prompt_tokens=4", "optim.epochs=1")
     assert metrics["task"]["trainable_parameters"] == 4 * sum(16 * 2**i * 2 for i in range(4)) + 129
+
+
+def test_task_state_from_events_is_classified_per_clip(task_store, tmp_path):
+    metrics = run_cli("finetune", task_store, tmp_path / "state", "task.kind=task_state", "data.sequence_length=8",
+                      "data.split_fractions=[0.5,0.25,0.25]", "optim.epochs=6")
+    assert metrics["task"]["classes"] == ["faces", "houses", "tools"]
+    assert metrics["n_subjects"] == 2 and metrics["n_clips"] == 2 * 12
+    assert metrics["chance"]["balanced_accuracy"] == 1 / 3
+    assert metrics["balanced_accuracy"]["ci_low"] > 1 / 3, metrics["balanced_accuracy"]
+    assert (tmp_path / "state" / "figures" / "confusion_matrix.png").exists()

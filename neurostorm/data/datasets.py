@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from neurostorm.data.store import Store
+from neurostorm.errors import InputError
 
 
 class _Labelled:
@@ -82,9 +83,55 @@ class ClipDataset(Dataset, _Labelled):
         record = self.runs.iloc[row]
         if self.random_crop:
             start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))
-        clip = self.store.read_clip(record["run_id"], start, self.sequence_length)  # (T, X, Y, Z)
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, 0, -1)))[None]  # (1, X, Y, Z, T)
-        return self._sample(record, x, start=start)
+        return self._sample(record, clip_tensor(self.store, record["run_id"], start, self.sequence_length),
+                            start=start)
+
+
+def clip_tensor(store: Store, run_id: str, start: int, length: int) -> torch.Tensor:
+    """Frames [start, start + length) of a run as model input (1, X, Y, Z, T)."""
+    clip = store.read_clip(run_id, start, length)  # (T, X, Y, Z)
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, 0, -1)))[None]
+
+
+class EventClipDataset(Dataset):
+    """Clips labelled by the task condition they lie in, from each run's BIDS ``*_events.tsv``.
+
+    Events are looked up next to the run's source file and under ``events_roots`` (a raw BIDS dataset),
+    matched by subject, session, task and run. Only clips wholly inside one condition's block are kept
+    (see :mod:`neurostorm.data.events`); conditions in ``exclude`` are dropped. Classes come from every run
+    of the store, so all splits share one class index. Items as :class:`ClipDataset`, ``y`` per clip.
+    """
+
+    def __init__(self, store: Store | str, subjects: Sequence[str] | None = None, sequence_length: int = 40,
+                 stride: int | None = None, events_roots: Sequence[str | Path] = (), delay: float = 0.0,
+                 exclude: Sequence[str] = ()) -> None:
+        from neurostorm.data.events import condition_clips, events_for, frame_conditions, read_events
+
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.sequence_length = sequence_length
+        clips: list[tuple[pd.Series, int, str]] = []
+        for _, record in self.store.manifest.iterrows():
+            path = events_for(record["source_path"], list(events_roots))
+            if path is None:
+                continue
+            conditions = frame_conditions(read_events(path), int(record["n_frames"]), float(record["tr"]), delay)
+            clips += [(record, start, c) for start, c in condition_clips(conditions, sequence_length, stride,
+                                                                           tuple(exclude))]
+        if not clips:
+            raise InputError(self.store.location, "no run has an events.tsv with a block as long as a clip; "
+                                                  "give the raw BIDS folder as task.events")
+        self.classes = sorted({c for _, _, c in clips})
+        chosen = None if subjects is None else set(map(str, subjects))
+        self.clips = [c for c in clips if chosen is None or str(c[0]["subject"]) in chosen]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, item: int) -> dict:
+        record, start, condition = self.clips[item]
+        return {"x": clip_tensor(self.store, record["run_id"], start, self.sequence_length),
+                "subject": str(record["subject"]), "run_id": record["run_id"], "start": start,
+                "y": torch.tensor(self.classes.index(condition), dtype=torch.long)}
 
 
 class ROIDataset(Dataset, _Labelled):

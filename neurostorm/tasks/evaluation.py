@@ -19,13 +19,26 @@ from neurostorm.tasks.metrics import (
 )
 
 
+def scored_units(kind: str, subjects: np.ndarray, outputs: np.ndarray, targets: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What metrics are computed over: subjects (clip outputs averaged per subject) for subject labels, or
+    clips for task state, whose label changes within a subject. Returns (subject of each unit, outputs, y)."""
+    if kind == "task_state":
+        return np.asarray(subjects).astype(str), np.asarray(outputs, dtype=np.float64), np.asarray(targets)
+    return per_subject(subjects, outputs, targets)
+
+
+def unit_metrics(kind: str, n_classes: int, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    if kind == "regression":
+        return regression_metrics(outputs[:, 0], targets)
+    return classification_metrics(outputs, targets, n_classes)
+
+
 def subject_metrics(kind: str, n_classes: int, subjects: np.ndarray, outputs: np.ndarray, targets: np.ndarray
                     ) -> dict[str, float]:
-    """Point metrics over subjects after averaging each subject's clip outputs (logits or predictions)."""
-    _, out, y = per_subject(subjects, outputs, targets)
-    if kind == "regression":
-        return regression_metrics(out[:, 0], y)
-    return classification_metrics(out, y, n_classes)
+    """Point metrics over the scored units (subjects, or clips for task state)."""
+    _, out, y = scored_units(kind, subjects, outputs, targets)
+    return unit_metrics(kind, n_classes, out, y)
 
 
 def predictions_frame(subjects, run_ids, starts, outputs: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
@@ -38,21 +51,23 @@ def predictions_frame(subjects, run_ids, starts, outputs: np.ndarray, targets: n
 
 
 def metrics_with_ci(kind: str, n_classes: int, frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
-    """{metric: {value, ci_low, ci_high}} over subjects, plus chance levels for classification."""
+    """{metric: {value, ci_low, ci_high}}, the CI from resampling subjects (with all their scored units),
+    plus chance levels for classification."""
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    ids, out, y = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    owners, out, y = scored_units(kind, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    ids = np.unique(owners)
+    units_of = [np.flatnonzero(owners == s) for s in ids]
 
     def on(indices: np.ndarray) -> dict[str, float]:
-        if kind == "regression":
-            return regression_metrics(out[indices, 0], y[indices])
-        if len(np.unique(y[indices])) < 2:
+        rows = np.concatenate([units_of[i] for i in indices])
+        if kind != "regression" and len(np.unique(y[rows])) < 2:
             return {}
-        return classification_metrics(out[indices], y[indices], n_classes)
+        return unit_metrics(kind, n_classes, out[rows], y[rows])
 
     result = bootstrap(on, len(ids), n_boot=n_boot, seed=seed)
     result["n_subjects"] = int(len(ids))
     result["n_clips"] = int(len(frame))
-    if kind == "classification":
+    if kind != "regression":
         result["chance"] = chance_level(y, n_classes)
     return result
 
@@ -65,7 +80,7 @@ def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: li
     if log_csv is not None and log_csv.exists():
         written.append(_loss_curves(pd.read_csv(log_csv), out_dir / "loss_curves.png"))
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    _, out, y = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    _, out, y = scored_units(kind, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
     if kind == "regression":
         written.append(_scatter(out[:, 0], y, out_dir / "predicted_vs_true.png"))
     else:
@@ -112,7 +127,7 @@ def _roc(prob: np.ndarray, y: np.ndarray, n_classes: int, classes: list[str] | N
             fpr, tpr, _ = skm.roc_curve(y == k, prob[:, k])
             ax.plot(fpr, tpr, label=f"{names[k]} (AUC {skm.auc(fpr, tpr):.2f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (per subject)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -129,7 +144,7 @@ def _confusion(predicted: np.ndarray, y: np.ndarray, n_classes: int, classes: li
     ax.set_yticks(range(n_classes), names)
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (subjects)")
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

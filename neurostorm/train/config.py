@@ -43,9 +43,12 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = "classification"  # classification | regression
-    label: str | None = None  # column of the store's labels (participants.tsv)
+    kind: str = "classification"  # classification | regression | task_state
+    label: str | None = None  # column of the store's labels (participants.tsv); task_state: not used
     class_weights: bool = False  # weight classes by inverse frequency in the loss
+    events: list[str] = field(default_factory=list)  # task_state: folders holding the runs' *_events.tsv
+    events_delay: float = 0.0  # task_state: seconds by which labels lag the events (haemodynamic delay)
+    exclude_conditions: list[str] = field(default_factory=list)  # task_state: conditions not to classify
 
 
 @dataclass
@@ -93,8 +96,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("full", "prompt", "probe"):
             raise ValueError(f"mode must be full, prompt or probe, got {self.mode!r}")
-        if self.task.kind not in ("classification", "regression"):
-            raise ValueError(f"task.kind must be classification or regression, got {self.task.kind!r}")
+        if self.task.kind not in ("classification", "regression", "task_state"):
+            raise ValueError(f"task.kind must be classification, regression or task_state, got {self.task.kind!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

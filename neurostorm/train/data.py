@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
-from neurostorm.data.datasets import ClipDataset
+from neurostorm.data.datasets import ClipDataset, EventClipDataset
 from neurostorm.data.splits import load_or_make_split, make_split
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
@@ -36,13 +36,16 @@ class LabelledClips(L.LightningDataModule):
         self.config, self.run_dir = config, Path(run_dir)
         if not config.data.stores:
             raise InputError("config", "data.stores is empty: give the store to train on")
+        self.store = Store(config.data.stores[0].path)
+        split_file = Path(config.data.split_file) if config.data.split_file else self.run_dir / "split.json"
+        if config.task.kind == "task_state":
+            self._event_clips(config, split_file)
+            return
         if config.task.label is None:
             raise InputError("config", "task.label is not set: which label column to predict")
-        self.store = Store(config.data.stores[0].path)
         if config.task.label not in self.store.manifest.columns:
             raise InputError(self.store.location, f"no label column {config.task.label!r} in the store; "
                                                   f"columns: {sorted(self.store.manifest.columns)}")
-        split_file = Path(config.data.split_file) if config.data.split_file else self.run_dir / "split.json"
         labelled = subjects_table(self.store).dropna(subset=[config.task.label])
         stratify = config.task.label if config.task.kind == "classification" else None
         self.split = load_or_make_split(split_file, labelled, config.data.split_fractions, config.trainer.seed,
@@ -53,12 +56,23 @@ class LabelledClips(L.LightningDataModule):
                               random_crop=data.random_crop and name == "train", label=label, task=kind)
             for name in ("train", "val", "test")}
 
+    def _event_clips(self, config: ExperimentConfig, split_file: Path) -> None:
+        """Task state: every split holds the condition-labelled clips of its subjects' runs."""
+        task, data = config.task, config.data
+        self.split = load_or_make_split(split_file, subjects_table(self.store), data.split_fractions,
+                                        config.trainer.seed)
+        self.datasets = {name: EventClipDataset(self.store, self.split[name], data.sequence_length, data.stride,
+                                                task.events, task.events_delay, task.exclude_conditions)
+                         for name in ("train", "val", "test")}
+
     @property
     def classes(self) -> list[str] | None:
         return self.datasets["train"].classes
 
     def train_targets(self) -> np.ndarray:
         train = self.datasets["train"]
+        if isinstance(train, EventClipDataset):
+            return np.array([train.classes.index(c) for _, _, c in train.clips])
         return np.array([train._label_of[r] for r in train.runs["run_id"]])
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:

@@ -286,8 +286,8 @@ def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
 
 def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
     """Apply a fine-tuned model (``model.init`` = its model folder) to every clip of ``data.stores[0]``;
-    writes OUT/predictions.csv per clip and OUT/subject_predictions.csv per subject (class and probabilities,
-    or the value in the label's units)."""
+    writes OUT/predictions.csv (raw outputs per clip) and OUT/subject_predictions.csv (class and probabilities,
+    or the value in the label's units, per subject; per clip for task state)."""
     folder = Path(config.model.init)
     if not (folder / "task.json").exists():
         raise InputError(folder, "model.init must be the model folder of a fine-tuned run (with task.json)")
@@ -298,14 +298,18 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
     frame = predictions_frame(*predict_clips(module, _all_clips(config, config.data.stores[0].path)))
     frame.to_csv(out_dir / "predictions.csv", index=False)
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    ids, out, _ = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
-    table = pd.DataFrame({"subject": ids})
+    if task["kind"] == "task_state":  # a condition per clip: no per-subject summary
+        out, table = outputs, frame[["subject", "run_id", "start"]].copy()
+    else:
+        ids, out, _ = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+        table = pd.DataFrame({"subject": ids})
+    name = task["label"] or "condition"
     if task["kind"] == "regression":
-        table[task["label"]] = out[:, 0]
+        table[name] = out[:, 0]
     else:
         prob = probabilities(out)
-        table[task["label"]] = [task["classes"][k] for k in prob.argmax(1)]
-        for k, name in enumerate(task["classes"]):
-            table[f"p_{name}"] = prob[:, k]
+        table[name] = [task["classes"][k] for k in prob.argmax(1)]
+        for k, cls in enumerate(task["classes"]):
+            table[f"p_{cls}"] = prob[:, k]
     table.to_csv(out_dir / "subject_predictions.csv", index=False)
     return table
