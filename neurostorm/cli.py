@@ -102,7 +102,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from neurostorm.train.run import finetune
 
     metrics = finetune(_experiment(args), args.out, resume=args.resume)
-    print(f"{args.out}: test metrics over {metrics['n_subjects']} subjects ({metrics['task']['mode']} mode)")
+    counts = ", ".join(f"{metrics[k]} {k[2:]}" for k in ("n_subjects", "n_clips", "n_queries", "n_images")
+                       if k in metrics)
+    print(f"{args.out}: test metrics ({metrics['task']['kind']}, {metrics['task']['mode']} mode; {counts})")
     _print_metrics(metrics)
     return 0
 

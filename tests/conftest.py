@@ -97,6 +97,44 @@ def task_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def retrieval_store(tmp_path_factory) -> tuple[Path, Path]:
+    """(store, stimuli.npz): 10 subjects × 2 runs of 56 frames (TR 0.8 s), each run showing 6 "images" in
+    blocks of 8 frames; an image's random 16-d embedding drives voxels through a fixed linear map (16 blobs),
+    and every subject carries a fixed spatial fingerprint (for re-identification)."""
+    from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
+
+    root = tmp_path_factory.mktemp("retrieval")
+    grid = MNI152_FSL_4MM_48
+    brain = template_brain_mask(grid)
+    blob = blob_maker(grid)
+    rng = np.random.default_rng(2)
+    centres = nib.affines.apply_affine(grid.affine, np.argwhere(brain)[rng.choice(brain.sum(), 16, replace=False)])
+    encoding = np.stack([blob(c) for c in centres], axis=-1)  # (X, Y, Z, 16): the linear map
+    names = [f"img{k}" for k in range(6)]
+    embeddings = rng.standard_normal((6, 16)).astype(np.float32)
+    np.savez(root / "stimuli.npz", names=np.array(names), embeddings=embeddings)
+    for i in range(10):
+        sid = f"sub-{i:02d}"
+        fingerprint = 0.02 * (encoding @ rng.standard_normal(16))
+        for run in (1, 2):
+            pattern = np.ones((*grid.shape, 56), np.float32) + fingerprint[..., None]
+            rows = []
+            for b, k in enumerate(rng.permutation(6)):
+                onset = 1 + b * 9
+                pattern[..., onset:onset + 8] += 0.01 * (encoding @ embeddings[k])[..., None]
+                rows.append(f"{onset * 0.8:.1f}\t{8 * 0.8:.1f}\t{names[k]}")
+            data = np.zeros_like(pattern)
+            data[brain] = 1000 * pattern[brain] * (1 + 0.01 * rng.standard_normal((brain.sum(), 56)))
+            func = root / "bids" / sid / "func"
+            stem = f"{sid}_task-images_run-{run}"
+            write_run(func / f"{stem}_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz", data, grid.affine, tr=0.8)
+            (func / f"{stem}_events.tsv").write_text("onset\tduration\ttrial_type\n" + "\n".join(rows) + "\n")
+    result = preprocess([root / "bids"], root / "store", PreprocessConfig(grid=grid.name), workers=2, progress=False)
+    assert not result.failures, result.failures
+    return root / "store", root / "stimuli.npz"
+
+
+@pytest.fixture(scope="session")
 def labelled_store(tmp_path_factory) -> Path:
     """A 4 mm store of 40 subjects × 20 frames (TR 0.8 s) whose labels leave a visible trace in the BOLD:
     sex 'F' brightens a left-hemisphere blob, age scales a right-hemisphere blob (plus noise everywhere)."""

@@ -85,3 +85,23 @@ def test_task_state_from_events_is_classified_per_clip(task_store, tmp_path):
     assert metrics["chance"]["balanced_accuracy"] == 1 / 3
     assert metrics["balanced_accuracy"]["ci_low"] > 1 / 3, metrics["balanced_accuracy"]
     assert (tmp_path / "state" / "figures" / "confusion_matrix.png").exists()
+
+
+@pytest.mark.parametrize("mode", ["probe", "full"])
+def test_fmri_to_image_retrieval_beats_chance(retrieval_store, tmp_path, mode):
+    store, stimuli = retrieval_store
+    metrics = run_cli("finetune", store, tmp_path / mode, "task.kind=image_retrieval", f"task.stimuli={stimuli}",
+                      "data.sequence_length=4", "data.split_fractions=[0.4,0.2,0.4]", f"mode={mode}",
+                      "optim.epochs=4")
+    assert metrics["n_images"] == 6 and metrics["chance"]["top1"] == 1 / 6
+    assert metrics["top1"]["ci_low"] > 1 / 6, metrics["top1"]
+    assert (tmp_path / mode / "figures" / "rank_histogram.png").exists()
+
+
+@pytest.mark.parametrize("mode", ["probe", "full"])
+def test_subject_reidentification(retrieval_store, tmp_path, mode):
+    store, _ = retrieval_store
+    metrics = run_cli("finetune", store, tmp_path / "reid", "task.kind=reidentification", f"mode={mode}",
+                      "data.split_fractions=[0.4,0.2,0.4]", "optim.epochs=2")
+    assert metrics["n_queries"] == 4 and metrics["n_gallery"] == 4
+    assert metrics["rank1"]["value"] > metrics["chance"]["rank1"] and metrics["mAP"]["value"] > 0.5

@@ -149,3 +149,17 @@ def _confusion(predicted: np.ndarray, y: np.ndarray, n_classes: int, classes: li
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def rank_histogram(ranks: np.ndarray, n_candidates: int, path: Path) -> Path:
+    """Histogram of the rank of the right item among ``n_candidates`` (1 = retrieved first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.hist(ranks, bins=np.arange(1, n_candidates + 2) - 0.5, rwidth=0.85)
+    ax.axhline(len(ranks) / n_candidates, color="grey", ls="--", lw=1, label="chance")
+    ax.set(xlabel="rank of the right stimulus", ylabel="clips", title=f"Retrieval ranks among {n_candidates}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -18,6 +18,8 @@ import yaml
 
 from neurostorm.errors import InputError
 
+TASK_KINDS = ("classification", "regression", "task_state", "image_retrieval", "reidentification")
+
 
 @dataclass
 class StoreSource:
@@ -43,12 +45,14 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = "classification"  # classification | regression | task_state
+    kind: str = "classification"  # classification | regression | task_state | image_retrieval | reidentification
     label: str | None = None  # column of the store's labels (participants.tsv); task_state: not used
     class_weights: bool = False  # weight classes by inverse frequency in the loss
     events: list[str] = field(default_factory=list)  # task_state: folders holding the runs' *_events.tsv
     events_delay: float = 0.0  # task_state: seconds by which labels lag the events (haemodynamic delay)
     exclude_conditions: list[str] = field(default_factory=list)  # task_state: conditions not to classify
+    stimuli: str | None = None  # image_retrieval: .npz with 'names' (N,) and 'embeddings' (N, D)
+    temperature: float = 0.1  # retrieval: softmax temperature of InfoNCE / NT-Xent
 
 
 @dataclass
@@ -96,8 +100,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("full", "prompt", "probe"):
             raise ValueError(f"mode must be full, prompt or probe, got {self.mode!r}")
-        if self.task.kind not in ("classification", "regression", "task_state"):
-            raise ValueError(f"task.kind must be classification, regression or task_state, got {self.task.kind!r}")
+        if self.task.kind not in TASK_KINDS:
+            raise ValueError(f"task.kind must be one of {', '.join(TASK_KINDS)}, got {self.task.kind!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

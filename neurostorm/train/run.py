@@ -172,6 +172,10 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
+    if config.task.kind in ("image_retrieval", "reidentification"):
+        from neurostorm.train.retrieval import retrieval
+
+        return retrieval(config, _start(config, run_dir))
     if config.mode == "probe":
         from neurostorm.train.probe import linear_probe
 
