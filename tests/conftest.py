@@ -137,7 +137,8 @@ def retrieval_store(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def labelled_store(tmp_path_factory) -> Path:
     """A 4 mm store of 40 subjects × 20 frames (TR 0.8 s) whose labels leave a visible trace in the BOLD:
-    sex 'F' brightens a left-hemisphere blob, age scales a right-hemisphere blob (plus noise everywhere)."""
+    sex 'F' brightens a left-hemisphere blob, age scales a right-hemisphere blob, a 3-class diagnosis
+    (CN twice as common) brightens its own midline blob; a phenotype 'score' mixes age and diagnosis."""
     from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
 
     root = tmp_path_factory.mktemp("labelled")
@@ -145,12 +146,18 @@ def labelled_store(tmp_path_factory) -> Path:
     brain = template_brain_mask(grid)
     blob = blob_maker(grid)
     left, right = blob((-40, -20, 20)), blob((40, -20, 20))
+    diagnosis_maps = {"ADHD": blob((0, 40, 10)), "CN": 0.0, "SZ": blob((0, -70, 30))}
     rng = np.random.default_rng(0)
     n = 40
     participants = {"participant_id": [f"sub-{i:02d}" for i in range(n)],
-                    "sex": ["F" if i % 2 else "M" for i in range(n)], "age": np.round(rng.uniform(20, 80, n), 1)}
-    for sid, sex, age in zip(*participants.values(), strict=True):
-        pattern = 1.0 + 0.04 * (sex == "F") * left + 0.04 * (age - 50) / 30 * right
+                    "sex": ["F" if i % 2 else "M" for i in range(n)], "age": np.round(rng.uniform(20, 80, n), 1),
+                    "diagnosis": [["CN", "CN", "ADHD", "SZ"][i % 4] for i in range(n)]}  # imbalanced classes
+    # a phenotype score mixing age and diagnosis, with noise
+    participants["score"] = np.round((participants["age"] - 50) / 30 + 1.0 * (np.array(participants["diagnosis"])
+                                     == "SZ") + 0.3 * rng.standard_normal(n), 3)
+    for sid, sex, age, diagnosis, _ in zip(*participants.values(), strict=True):
+        pattern = (1.0 + 0.04 * (sex == "F") * left + 0.04 * (age - 50) / 30 * right
+                   + 0.04 * diagnosis_maps[diagnosis])
         data = np.zeros((*grid.shape, 20), np.float32)
         data[brain] = 1000 * pattern[brain][:, None] * (1 + 0.01 * rng.standard_normal((brain.sum(), 20)))
         write_run(root / "bids" / sid / "func" / f"{sid}_task-rest_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz",

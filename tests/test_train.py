@@ -105,3 +105,16 @@ def test_subject_reidentification(retrieval_store, tmp_path, mode):
                       "data.split_fractions=[0.4,0.2,0.4]", "optim.epochs=2")
     assert metrics["n_queries"] == 4 and metrics["n_gallery"] == 4
     assert metrics["rank1"]["value"] > metrics["chance"]["rank1"] and metrics["mAP"]["value"] > 0.5
+
+
+def test_diagnosis_three_classes_with_class_weights(labelled_store, tmp_path):
+    metrics = run_cli("finetune", labelled_store, tmp_path / "dx", "task.label=diagnosis", "task.class_weights=true",
+                      "mode=probe")
+    assert metrics["task"]["classes"] == ["ADHD", "CN", "SZ"] and metrics["chance"]["balanced_accuracy"] == 1 / 3
+    assert metrics["balanced_accuracy"]["ci_low"] > 1 / 3 and "auroc" in metrics
+
+
+def test_phenotype_score_regression(labelled_store, tmp_path):
+    metrics = run_cli("finetune", labelled_store, tmp_path / "score", "task.label=score", "task.kind=regression",
+                      "mode=probe")
+    assert metrics["pearson_r"]["ci_low"] > 0
