@@ -118,3 +118,11 @@ def test_phenotype_score_regression(labelled_store, tmp_path):
     metrics = run_cli("finetune", labelled_store, tmp_path / "score", "task.label=score", "task.kind=regression",
                       "mode=probe")
     assert metrics["pearson_r"]["ci_low"] > 0
+
+
+def test_cross_validation_tests_every_subject_once(labelled_store, tmp_path):
+    metrics = run_cli("finetune", labelled_store, tmp_path / "cv", "task.label=sex", "mode=probe", "data.cv_folds=4")
+    assert metrics["task"]["folds"] == 4 and metrics["n_subjects"] == 40
+    folds = [json.loads((tmp_path / "cv" / f"fold-{k}" / "split.json").read_text())["test"] for k in range(4)]
+    assert sorted(s for f in folds for s in f) == sorted(f"{i:02d}" for i in range(40))
+    assert metrics["balanced_accuracy"]["ci_low"] > 0.5

@@ -41,6 +41,7 @@ class DataConfig:
     split_file: str | None = None  # subject split (JSON); default RUN_DIR/split.json, reused when present
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     val_subjects_for_pretraining: float = 0.1  # share of subjects held out to measure reconstruction
+    cv_folds: int = 0  # k > 1: k-fold cross-validation by subject (stratified; sites kept whole if a 'site' column)
 
 
 @dataclass

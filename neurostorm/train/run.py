@@ -12,6 +12,7 @@ RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
-from neurostorm.data.store import write_json_atomic
+from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, build_model
 from neurostorm.models.encoder import NeuroSTORM
@@ -172,6 +173,8 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
+    if config.data.cv_folds > 1:
+        return cross_validate(config, run_dir)
     if config.task.kind in ("image_retrieval", "reidentification"):
         from neurostorm.train.retrieval import retrieval
 
@@ -317,3 +320,55 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
             table[f"p_{cls}"] = prob[:, k]
     table.to_csv(out_dir / "subject_predictions.csv", index=False)
     return table
+
+
+def cv_splits(subjects: pd.DataFrame, folds: int, val_fraction: float, seed: int, stratify: str | None
+              ) -> list[dict[str, list[str]]]:
+    """k folds of subjects: each fold's subjects are the test set once; val is drawn from the rest. Classes
+    are balanced across folds when ``stratify`` names a label; with a ``site`` column no site is split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    table = subjects.drop_duplicates("subject").reset_index(drop=True)
+    groups = table["site"].astype(str) if "site" in table else table["subject"].astype(str)
+    labels = table[stratify].astype(str) if stratify else pd.Series(np.zeros(len(table), dtype=int))
+    if groups.nunique() < folds:
+        raise InputError("config", f"{folds} folds need at least {folds} groups (subjects or sites)")
+    out = []
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for rest, test in splitter.split(table, labels, groups):
+        rest_ids = table["subject"].iloc[rest].astype(str).to_numpy()
+        rng = np.random.default_rng([seed, len(out)])
+        val = set(rng.choice(rest_ids, max(1, int(round(val_fraction * len(rest_ids)))), replace=False))
+        out.append({"train": sorted(set(rest_ids) - val), "val": sorted(val),
+                    "test": sorted(table["subject"].iloc[test].astype(str))})
+    return out
+
+
+def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
+    """Run every fold in RUN/fold-k and score the pooled test predictions (each subject tested once)."""
+    if config.task.kind in ("image_retrieval", "reidentification"):
+        raise InputError("config", "cross-validation covers classification, regression and task_state")
+    run_dir = _start(config, run_dir)
+    store = Store(config.data.stores[0].path)
+    stratify = config.task.label if config.task.kind == "classification" else None
+    subjects = store.manifest.astype({"subject": str})
+    if stratify:
+        subjects = subjects.dropna(subset=[stratify])
+    val_fraction = config.data.split_fractions[1] / max(1e-9, 1 - config.data.split_fractions[2])
+    frames, folds = [], cv_splits(subjects, config.data.cv_folds, val_fraction, config.trainer.seed, stratify)
+    for k, split in enumerate(folds):
+        fold_dir = run_dir / f"fold-{k}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fold_dir / "split.json", split)
+        fold = dataclasses.replace(config, data=dataclasses.replace(config.data, cv_folds=0,
+                                                                    split_file=str(fold_dir / "split.json")))
+        metrics = finetune(fold, fold_dir)
+        frames.append(pd.read_csv(fold_dir / "predictions.csv", dtype={"subject": str}).assign(fold=k))
+    task = {**metrics["task"], "folds": len(folds)}
+    pooled = pd.concat(frames, ignore_index=True)
+    pooled.to_csv(run_dir / "predictions.csv", index=False)
+    result = metrics_with_ci(task["kind"], task["n_classes"], pooled)
+    result["task"] = task
+    write_json_atomic(run_dir / "metrics.json", result)
+    plot_run_figures(task["kind"], task["n_classes"], pooled, task["classes"], None, run_dir / "figures")
+    return result
