@@ -101,3 +101,12 @@ def test_prompt_tuning_trains_only_prompts_and_head():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(".prompt") or k.startswith("fc.") for k in changed)
     assert sum(k.endswith(".prompt") for k in changed) == sum(encoder.config.depths)
+
+
+def test_bf16_autocast_runs_forward_and_backward():
+    encoder = build_model("neurostorm-tiny", **SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = encoder.encode(torch.randn(2, 1, 48, 48, 48, 8))
+    assert torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)

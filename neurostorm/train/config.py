@@ -86,6 +86,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     limit_train_batches: float | int = 1.0
     record_samples: bool = False  # write RUN_DIR/samples/rank<r>.tsv: the clips each process trained on
+    wandb_project: str | None = None  # also log to Weights & Biases (needs the wandb package)
 
 
 @dataclass

@@ -13,6 +13,7 @@ RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import random
 import time
@@ -94,6 +95,12 @@ class SampleRecord(Callback):
 def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max") -> L.Trainer:
     t, o = config.trainer, config.optim
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
+    if t.wandb_project:
+        if importlib.util.find_spec("wandb") is None:
+            raise InputError("config", "trainer.wandb_project is set but the wandb package is not installed")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
     callbacks = [checkpoint, RandomState()] + ([SampleRecord(run_dir / "samples")] if t.record_samples else [])
