@@ -49,9 +49,13 @@ def test_pretraining_lowers_held_out_loss_and_exports_an_encoder(labelled_store,
 
 def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(["pretrain", *ARGS, stores(labelled_store), "--out", str(straight)]) == 0
-    command = [sys.executable, "-m", "neurostorm.cli", "pretrain", *ARGS, stores(labelled_store), "--out", str(killed)]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "neurostorm.cli", "pretrain", *ARGS, stores(labelled_store), "--out", str(out),
+                *extra]
+
+    subprocess.run(command(straight), check=True, capture_output=True)
+    child = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and child.poll() is None and time.time() < deadline:
@@ -59,7 +63,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert last.exists() and not (killed / "model").exists(), "the run was not interrupted after a checkpoint"
-    assert main(["pretrain", *ARGS, stores(labelled_store), "--out", str(killed), "--resume"]) == 0
+    subprocess.run(command(killed, "--resume"), check=True, capture_output=True)
     a = load_file(str(straight / "model" / "model.safetensors"))
     b = load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

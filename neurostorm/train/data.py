@@ -38,6 +38,7 @@ class LabelledClips(L.LightningDataModule):
             raise InputError("config", "data.stores is empty: give the store to train on")
         self.store = Store(config.data.stores[0].path)
         split_file = Path(config.data.split_file) if config.data.split_file else self.run_dir / "split.json"
+        self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
         if config.task.kind == "task_state":
             self._event_clips(config, split_file)
             return
@@ -77,7 +78,8 @@ class LabelledClips(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[name], batch_size=self.config.data.batch_size, shuffle=shuffle,
-                          num_workers=self.config.data.num_workers, persistent_workers=self.config.data.num_workers > 0)
+                          num_workers=self.config.data.num_workers, persistent_workers=self.config.data.num_workers > 0,
+                          generator=self.generator if name == "train" else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -145,10 +147,11 @@ class PretrainClips(L.LightningDataModule):
         self.train_set, self.val_set = ConcatDataset(train_sets), ConcatDataset(val_sets) if val_sets else None
         self.sampler = StoreMixSampler([len(d) for d in train_sets], [s.weight for s in data.stores],
                                        [s.max_clips for s in data.stores], seed)
+        self.generator = torch.Generator().manual_seed(seed)  # the loader's own draws; saved in checkpoints
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.config.data.batch_size, sampler=self.sampler,
-                          num_workers=self.config.data.num_workers, drop_last=False)
+                          num_workers=self.config.data.num_workers, drop_last=False, generator=self.generator)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

@@ -49,23 +49,40 @@ from neurostorm.train.modules import AdaptModule, PretrainModule
 
 class RandomState(Callback):
     """Keeps the Python, NumPy and PyTorch random states in every checkpoint and restores them on resume, so
-    a resumed run draws the same crops, augmentations and masks as one that was never interrupted."""
+    a resumed run draws the same crops, augmentations and masks as one that was never interrupted.
+
+    The training loader draws from its own generator (the data module's ``generator``), restored as soon as
+    the checkpoint is read, since Lightning may open the loader before training starts; the global states
+    are put back at the start of training, after Lightning's sanity-check validation, whose loader draws
+    from the global generator and would otherwise shift every later draw."""
+
+    def __init__(self) -> None:
+        self.pending: dict | None = None
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         version, keys, position = random.getstate()
         _, numpy_keys, numpy_pos, has_gauss, gauss = np.random.get_state()
         checkpoint["random_state"] = {"python": [version, list(keys), position], "torch": torch.get_rng_state(),
                                       "numpy": [numpy_keys.tolist(), int(numpy_pos), int(has_gauss), float(gauss)]}
+        loader = getattr(trainer.datamodule, "generator", None)
+        if loader is not None:
+            checkpoint["random_state"]["loader"] = loader.get_state()
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        state = checkpoint.get("random_state")
-        if state is None:
+        self.pending = checkpoint.get("random_state")
+        loader = getattr(trainer.datamodule, "generator", None)
+        if self.pending is not None and loader is not None and "loader" in self.pending:
+            loader.set_state(self.pending["loader"])
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.pending is None:
             return
-        version, keys, position = state["python"]
+        version, keys, position = self.pending["python"]
         random.setstate((version, tuple(keys), position))
-        torch.set_rng_state(state["torch"])
-        keys, pos, has_gauss, gauss = state["numpy"]
+        torch.set_rng_state(self.pending["torch"])
+        keys, pos, has_gauss, gauss = self.pending["numpy"]
         np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        self.pending = None
 
 
 class SampleRecord(Callback):
