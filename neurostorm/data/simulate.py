@@ -2,24 +2,36 @@
 
 Anatomy comes from the ICBM 2009 templates that nilearn ships; functional networks from the Seitzman
 (2018) coordinate atlas with its network labels. Each subject's network time courses are drawn with a
-subject-specific covariance in which age and sex change chosen couplings and amplitudes, convolved with a
-canonical HRF, placed on Gaussian blobs in grey matter, and mixed with slow drift and thermal noise.
+subject-specific covariance in which age, sex, a diagnosis and a continuous phenotype change chosen
+couplings and amplitudes; they are convolved with a canonical HRF and placed on Gaussian blobs in grey
+matter. On top: slow drift, thermal noise, respiratory and cardiac fluctuations (aliased at the TR,
+strongest outside grey matter), occasional motion spikes, and per-site scanner intensity, bias field
+and noise level. Besides resting runs, optional task runs (blocks of three conditions, each with its own
+activation map, and a BIDS ``events.tsv``) and stimulus runs (images whose random embedding vectors drive
+voxels through one fixed linear encoding map; the embeddings are written to ``stimuli.npz``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.stats import gamma
 
 from neurostorm.data.grid import Grid, Reslicer
 
 MNI_BOX_MM = ((-96.0, 96.0), (-132.0, 96.0), (-78.0, 114.0))  # the field of view fMRIPrep's MNI grids cover
+
+
+DIAGNOSES = ("CN", "MDD", "SZ")
+CONDITIONS = {"faces": [(40, -52, -18), (-40, -52, -18)], "houses": [(28, -44, -8), (-28, -44, -8)],
+              "tools": [(-48, -64, -4), (-30, -40, 50)]}  # activation peaks (MNI mm) of the task conditions
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,14 @@ class CohortConfig:
     voxel_mm: float = 2.0  # 2 gives fMRIPrep's res-2 grid (97×115×97)
     orientation: str = "RAS"  # "RAS" (fMRIPrep) or "LAS" (FSL)
     space: str = "MNI152NLin2009cAsym"
-    tsnr: float = 80.0  # temporal SNR of grey matter
+    tsnr: float = 80.0  # temporal SNR of grey matter (site noise scales it)
+    sites: int = 3
+    task_runs: int = 0  # block-design runs with events (faces / houses / tools)
+    stimulus_runs: int = 0  # runs showing images whose embeddings drive the response
+    n_images: int = 12
+    embedding_dim: int = 32
+    physio: bool = True  # respiratory and cardiac fluctuations
+    spike_rate: float = 0.01  # share of frames hit by a motion spike
     seed: int = 0
 
 
@@ -82,64 +101,187 @@ def _network_maps(grid: Grid, brain: np.ndarray, gm: np.ndarray, sigma_mm: float
     return networks, np.minimum(maps, 1.0) * gm[brain][None, :]
 
 
-def _subject_covariance(k: int, age: float, sex: str, rng: np.random.Generator) -> np.ndarray:
-    """Network covariance: shared structure + age/sex effects on fixed couplings + subject noise."""
+def _participants(config: CohortConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """Ground truth: age, sex, diagnosis, site, and a phenotype score mixing them with noise."""
+    n = config.subjects
+    table = pd.DataFrame({
+        "participant_id": [f"sub-{i + 1:02d}" for i in range(n)],
+        "age": np.round(rng.uniform(8, 85, n), 1),
+        "sex": rng.choice(["F", "M"], n),
+        "diagnosis": rng.choice(DIAGNOSES, n, p=[0.5, 0.25, 0.25]),
+        "site": [f"site{k + 1}" for k in rng.permutation(np.arange(n) % max(1, config.sites))],
+    })
+    score = (0.5 * (table["age"] - 45) / 25 + 0.8 * (table["diagnosis"] == "SZ")
+             - 0.4 * (table["diagnosis"] == "MDD") + 0.3 * (table["sex"] == "F") + rng.normal(0, 0.5, n))
+    table["score"] = np.round(score, 3)
+    return table
+
+
+def _subject_covariance(k: int, subject, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(covariance, amplitudes) of the K network time courses: shared structure, then effects of age, sex,
+    diagnosis and the phenotype score on fixed couplings and amplitudes, then subject noise."""
     base = np.full((k, k), 0.15) + np.eye(k) * 0.85
-    effect = (age - 45.0) / 25.0
-    base[0, 1] = base[1, 0] = 0.15 + 0.25 * effect  # coupling that grows with age
-    base[2, 3] = base[3, 2] = 0.15 + (0.3 if sex == "F" else -0.1)  # coupling that differs by sex
+    age = (subject.age - 45.0) / 25.0
+    effects = {(0, 1): 0.25 * age,  # a coupling that grows with age
+               (2, 3): 0.3 if subject.sex == "F" else -0.1,  # one that differs by sex
+               (4, 5): {"CN": 0.0, "MDD": -0.25, "SZ": 0.1}[subject.diagnosis],
+               (1, 6): {"CN": 0.0, "MDD": 0.05, "SZ": -0.3}[subject.diagnosis],
+               (7, 8): 0.15 * subject.score}
+    for (i, j), effect in effects.items():
+        base[i, j] = base[j, i] = 0.15 + effect
     noise = rng.normal(0, 0.05, (k, k))
-    cov = base + (noise + noise.T) / 2
-    eigval, eigvec = np.linalg.eigh(cov)
-    return (eigvec * np.clip(eigval, 0.05, None)) @ eigvec.T
+    eigval, eigvec = np.linalg.eigh(base + (noise + noise.T) / 2)
+    amplitudes = np.ones(k)
+    amplitudes[9] *= 1.0 - 0.15 * age  # weaker with age
+    amplitudes[10] *= 1.3 if subject.diagnosis == "SZ" else 1.0
+    return (eigvec * np.clip(eigval, 0.05, None)) @ eigvec.T, amplitudes
+
+
+@dataclass
+class _Scanner:
+    """What one site's scanner does to a run: intensity scale, smooth bias field, noise level."""
+
+    scale: float
+    bias: np.ndarray  # (V_brain,) multiplicative
+    noise: float
+
+    @classmethod
+    def draw(cls, world: np.ndarray, rng: np.random.Generator) -> _Scanner:
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        along = world @ direction
+        bias = 1.0 + 0.08 * (along - along.mean()) / (np.ptp(along) / 2)
+        return cls(scale=float(rng.uniform(0.85, 1.15)), bias=bias, noise=float(rng.uniform(0.8, 1.3)))
+
+
+def _blobs(world: np.ndarray, centres, sigma_mm: float) -> np.ndarray:
+    """Sum of Gaussian blobs (V,) at ``centres`` (mm)."""
+    return sum(np.exp(-np.sum((world - np.asarray(c)) ** 2, axis=1) / (2 * sigma_mm**2)) for c in centres)
+
+
+def _convolved(boxcars: np.ndarray, hrf: np.ndarray) -> np.ndarray:
+    """HRF-convolved regressors (R, T) from boxcars (R, T)."""
+    return np.stack([np.convolve(b, hrf)[: boxcars.shape[1]] for b in boxcars])
+
+
+def _blocks(names: list[str], n_frames: int, tr: float, on_s: float, off_s: float, rng: np.random.Generator
+            ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Blocks of ``on_s`` seconds separated by ``off_s`` of rest, conditions in shuffled cycles:
+    (events table, boxcars (len(names), n_frames))."""
+    rows, onset, order = [], off_s, []
+    while onset + on_s <= n_frames * tr:
+        if not order:
+            order = list(rng.permutation(len(names)))
+        rows.append((onset, on_s, names[order.pop()]))
+        onset += on_s + off_s
+    events = pd.DataFrame(rows, columns=["onset", "duration", "trial_type"])
+    times = np.arange(n_frames) * tr
+    boxcars = np.zeros((len(names), n_frames))
+    for start, duration, name in rows:
+        boxcars[names.index(name), (times >= start) & (times < start + duration)] = 1.0
+    return events, boxcars
 
 
 def simulate_cohort(out: str | Path, config: CohortConfig | None = None) -> pd.DataFrame:
-    """Write a BIDS derivatives folder of resting runs to ``out``; returns the participants table."""
+    """Write a BIDS derivatives folder to ``out`` (participants.tsv, per subject resting runs and the
+    optional task and stimulus runs with their events, ``stimuli.npz``); returns the participants table."""
     config = config or CohortConfig()
     out = Path(out)
     rng = np.random.default_rng(config.seed)
     grid = output_grid(config.voxel_mm, config.orientation)
     gm, brain = _anatomy(grid)
     networks, maps = _network_maps(grid, brain, gm)
+    world = nib.affines.apply_affine(grid.affine, np.argwhere(brain))  # (V_brain, 3) mm
+    gm_brain = gm[brain]
     hrf = canonical_hrf(config.tr)
-    baseline = 1000.0 * (0.6 + 0.4 * gm[brain])  # (V_brain,) scanner units
-    participants = pd.DataFrame({
-        "participant_id": [f"sub-{i + 1:02d}" for i in range(config.subjects)],
-        "age": np.round(rng.uniform(8, 85, config.subjects), 1),
-        "sex": rng.choice(["F", "M"], config.subjects),
-    })
+    edge = brain & ~ndimage.binary_erosion(brain)  # where head motion shows most
+    shared = _Shared(maps=maps, hrf=hrf, baseline=1000.0 * (0.6 + 0.4 * gm_brain), gm=gm_brain,
+                     edge=edge[brain].astype(np.float64))
+    participants = _participants(config, rng)
+    scanners = {site: _Scanner.draw(world, rng) for site in sorted(participants["site"].unique())}
+    conditions = {name: _blobs(world, peaks, 8.0) * gm_brain for name, peaks in CONDITIONS.items()}
+    image_names = [f"image{k + 1:02d}" for k in range(config.n_images)]
+    embeddings = rng.standard_normal((config.n_images, config.embedding_dim)).astype(np.float32)
+    grey = world[gm_brain > 0.5]
+    encoding = np.stack([_blobs(world, grey[rng.choice(len(grey), 3)], 6.0) * gm_brain
+                         for _ in range(config.embedding_dim)], axis=1)  # (V_brain, D): the fixed linear map
+    patterns = encoding @ embeddings.T  # (V_brain, N images): each image's response, peak 1.5 %
+    patterns *= 1.5 / np.abs(patterns).max()
     out.mkdir(parents=True, exist_ok=True)
     (out / "dataset_description.json").write_text(json.dumps({
         "Name": "neurostorm simulated cohort", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "neurostorm simulate"}], "Networks": networks,
     }, indent=2))
     participants.to_csv(out / "participants.tsv", sep="\t", index=False)
+    if config.stimulus_runs:
+        np.savez(out / "stimuli.npz", names=np.array(image_names), embeddings=embeddings)
     for row in participants.itertuples():
-        cov = _subject_covariance(len(networks), row.age, row.sex, rng)
-        chol = np.linalg.cholesky(cov)
+        cov, amplitudes = _subject_covariance(len(networks), row, rng)
+        run_signal = partial(_run_signal, shared, config, np.linalg.cholesky(cov), amplitudes, scanners[row.site],
+                             rng)
+        func = out / row.participant_id / "func"
         for run in range(1, config.runs + 1):
-            n_pad = len(hrf)
-            latent = chol @ rng.standard_normal((len(networks), config.n_frames + n_pad))
-            courses = np.stack([np.convolve(c, hrf)[n_pad:n_pad + config.n_frames] for c in latent])
-            courses /= courses.std(axis=1, keepdims=True)  # (K, T) unit-variance BOLD courses
-            signal = maps.T @ courses  # (V_brain, T)
-            time = np.arange(config.n_frames) * config.tr
-            drift = np.outer(rng.normal(0, 0.5, brain.sum()), time / max(time[-1], 1.0))
-            noise = rng.standard_normal(signal.shape) * (100.0 / config.tsnr)
-            percent = 1.5 * signal + drift + noise
-            bold = np.zeros((*grid.shape, config.n_frames), np.int16)
-            bold[brain] = np.rint(baseline[:, None] * (1.0 + percent / 100.0)).astype(np.int16)
-            stem = f"{row.participant_id}_task-rest_run-{run}_space-{config.space}"
-            if config.voxel_mm == 2.0:
-                stem += "_res-2"
-            func = out / row.participant_id / "func"
-            func.mkdir(parents=True, exist_ok=True)
-            img = nib.Nifti1Image(bold, grid.affine)
-            img.header.set_xyzt_units("mm", "sec")
-            img.header["pixdim"][4] = config.tr
-            nib.save(img, func / f"{stem}_desc-preproc_bold.nii.gz")
-            nib.save(nib.Nifti1Image(brain.astype(np.uint8), grid.affine), func / f"{stem}_desc-brain_mask.nii.gz")
-            (func / f"{stem}_desc-preproc_bold.json").write_text(
-                json.dumps({"RepetitionTime": config.tr, "TaskName": "rest", "SkullStripped": False}))
+            _write_run(func, f"{row.participant_id}_task-rest_run-{run}", run_signal(), brain, grid, config)
+        for run in range(1, config.task_runs + 1):
+            names = list(CONDITIONS)
+            events, boxcars = _blocks(names, config.n_frames, config.tr, 12.0, 8.0, rng)
+            task = 2.0 * np.stack([conditions[n] for n in names], axis=1) @ _convolved(boxcars, hrf)
+            _write_run(func, f"{row.participant_id}_task-objects_run-{run}", run_signal(task), brain, grid, config,
+                       events)
+        for run in range(1, config.stimulus_runs + 1):
+            events, boxcars = _blocks(image_names, config.n_frames, config.tr, 6.0, 4.0, rng)
+            _write_run(func, f"{row.participant_id}_task-images_run-{run}", run_signal(patterns @ _convolved(
+                boxcars, hrf)), brain, grid, config, events)
     return participants
+
+
+@dataclass
+class _Shared:
+    """Per-voxel arrays every run uses (V_brain voxels)."""
+
+    maps: np.ndarray  # (K, V) network maps
+    hrf: np.ndarray
+    baseline: np.ndarray  # scanner units
+    gm: np.ndarray  # grey-matter fraction
+    edge: np.ndarray  # 1 at the brain's edge
+
+
+def _run_signal(shared: _Shared, config: CohortConfig, chol: np.ndarray, amplitudes: np.ndarray, scanner: _Scanner,
+                rng: np.random.Generator, task_percent: np.ndarray | None = None) -> np.ndarray:
+    """One run in scanner units (V_brain, T): networks + task + drift + physiology + noise + motion spikes."""
+    t_total, n_pad = config.n_frames, len(shared.hrf)
+    latent = chol @ rng.standard_normal((len(chol), t_total + n_pad))
+    courses = np.stack([np.convolve(c, shared.hrf)[n_pad:n_pad + t_total] for c in latent])
+    courses *= amplitudes[:, None] / courses.std(axis=1, keepdims=True)
+    percent = 1.5 * (shared.maps.T @ courses)  # (V_brain, T) percent signal change
+    if task_percent is not None:
+        percent += task_percent
+    time = np.arange(t_total) * config.tr
+    percent += np.outer(rng.normal(0, 0.5, len(shared.gm)), time / max(time[-1], 1.0))  # slow drift
+    if config.physio:  # respiration ~0.3 Hz and heartbeat ~1.1 Hz, aliased by the TR; strongest outside GM
+        outside_gm = 0.2 + 0.8 * (1.0 - shared.gm)
+        for hz, amp in ((rng.uniform(0.25, 0.35), 0.4), (rng.uniform(1.0, 1.2), 0.25)):
+            percent += amp * np.outer(outside_gm, np.sin(2 * np.pi * hz * time + rng.uniform(0, 2 * np.pi)))
+    percent += rng.standard_normal(percent.shape) * (100.0 / config.tsnr) * scanner.noise
+    spikes = rng.random(t_total) < config.spike_rate
+    percent[:, spikes] += (2.0 + 6.0 * shared.edge[:, None]) * rng.choice([-1, 1], spikes.sum())
+    return (shared.baseline * scanner.scale * scanner.bias)[:, None] * (1.0 + percent / 100.0)
+
+
+def _write_run(func: Path, stem: str, signal: np.ndarray, brain: np.ndarray, grid: Grid, config: CohortConfig,
+               events: pd.DataFrame | None = None) -> None:
+    """Save a run as fMRIPrep names it (bold, brain mask, JSON sidecar) and its BIDS events beside it."""
+    func.mkdir(parents=True, exist_ok=True)
+    name = f"{stem}_space-{config.space}" + ("_res-2" if config.voxel_mm == 2.0 else "")
+    bold = np.zeros((*grid.shape, signal.shape[1]), np.int16)
+    bold[brain] = np.rint(signal).astype(np.int16)
+    img = nib.Nifti1Image(bold, grid.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = config.tr
+    nib.save(img, func / f"{name}_desc-preproc_bold.nii.gz")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), grid.affine), func / f"{name}_desc-brain_mask.nii.gz")
+    task = stem.split("_task-")[1].split("_")[0]
+    (func / f"{name}_desc-preproc_bold.json").write_text(
+        json.dumps({"RepetitionTime": config.tr, "TaskName": task, "SkullStripped": False}))
+    if events is not None:
+        events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False, float_format="%.2f")
