@@ -15,10 +15,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/neurostorm simulate --out $(DEMO_OUT)/bids --subjects 6 --frames 50 --quiet
-	$(BIN)/neurostorm preprocess $(DEMO_OUT)/bids --out $(DEMO_OUT)/store --workers 2
-	$(BIN)/neurostorm roi $(DEMO_OUT)/store --atlas power264 --out $(DEMO_OUT)/roi-power264
-	@echo "store: $(DEMO_OUT)/store   ROI/FC: $(DEMO_OUT)/roi-power264"
+	$(BIN)/neurostorm demo --quick --out $(DEMO_OUT)
+	$(BIN)/neurostorm roi $(DEMO_OUT)/store-rest --atlas power264 --out $(DEMO_OUT)/roi-power264 --quiet
+	@echo "report: $(DEMO_OUT)/report.md   runs: $(DEMO_OUT)/runs   ROI/FC: $(DEMO_OUT)/roi-power264"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
@@ -27,7 +26,8 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check neurostorm tests benchmarks
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.preprocess_run
+	$(BIN)/python -m benchmarks.encoder
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

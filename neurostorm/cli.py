@@ -136,6 +136,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from neurostorm.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, subjects=args.subjects)
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurostorm", description=__doc__.splitlines()[0] if __doc__ else None,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -207,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run("predict", "apply a fine-tuned model (model.init = its model folder) to a store", _cmd_predict, False)
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR")
+
+    demo = add("demo", "the whole method on a simulated cohort: simulate, preprocess, pretrain, adapt, report",
+               _cmd_demo)
+    demo.add_argument("--out", default="demo-out", metavar="DIR")
+    demo.add_argument("--quick", action="store_true", help="a few minutes: fewer subjects and epochs")
+    demo.add_argument("--subjects", type=int, default=None, help="override the number of simulated subjects")
+    demo.add_argument("--seed", type=int, default=0)
 
     info = add("info", "parameter counts (total and per stage) and input shape of a model", _cmd_info)
     info.add_argument("model", metavar="NAME", help="model name (e.g. neurostorm-base) or a pretrained folder")
