@@ -41,6 +41,7 @@ def test_pretraining_lowers_held_out_loss_and_exports_an_encoder(labelled_store,
     log = pd.read_csv(run / "logs" / "metrics.csv")
     val = log[["epoch", "val_loss"]].dropna().groupby("epoch")["val_loss"].mean()
     assert len(val) == 3 and val.iloc[-1] < val.iloc[0]
+    assert (run / "figures" / "loss_curves.png").exists()
     encoder = load_encoder(run / "model")
     assert encoder.config.img_size == (48, 48, 48)
     assert json.loads((run / "model" / "config.json").read_text())["preprocessing"]["grid"]["name"] == \

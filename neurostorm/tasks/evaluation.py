@@ -78,7 +78,7 @@ def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: li
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if log_csv is not None and log_csv.exists():
-        written.append(_loss_curves(pd.read_csv(log_csv), out_dir / "loss_curves.png"))
+        written.append(plot_loss_curves(log_csv, out_dir / "loss_curves.png"))
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
     _, out, y = scored_units(kind, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
     if kind == "regression":
@@ -90,10 +90,14 @@ def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: li
     return written
 
 
-def _loss_curves(log: pd.DataFrame, path: Path) -> Path:
+def plot_loss_curves(log_csv: Path, path: Path) -> Path:
+    """Train and validation loss per epoch from a run's CSV log (and the mean predictor's, if logged)."""
+    log = pd.read_csv(log_csv)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for column, label in (("train_loss_epoch", "train loss"), ("val_loss", "val loss")):
+    for column, label in (("train_loss_epoch", "train loss"), ("val_loss", "val loss"),
+                          ("val_loss_mean_predictor", "val loss of predicting the clip mean")):
         if column in log:
             rows = log[["epoch", column]].dropna().groupby("epoch")[column].mean()
             ax.plot(rows.index + 1, rows.to_numpy(), marker="o", label=label)

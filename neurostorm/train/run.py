@@ -40,7 +40,7 @@ from neurostorm.models.weights import (
     load_pretrained,
     save_pretrained,
 )
-from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
+from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
 from neurostorm.train.data import LabelledClips, PretrainClips, fit_to_model
@@ -178,6 +178,7 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     if trainer.is_global_zero:
         save_pretrained(model, run_dir / "model", preprocessing=data.train_set.datasets[0].store.info)
         write_json_atomic(run_dir / "metrics.json", summary)
+        plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "figures" / "loss_curves.png")
     return summary
 
 
