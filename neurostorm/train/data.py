@@ -28,6 +28,25 @@ def subjects_table(store: Store) -> pd.DataFrame:
     return store.manifest.drop_duplicates("subject").astype({"subject": str})
 
 
+def split_path(config: ExperimentConfig, run_dir: Path) -> Path:
+    """The subject split file: ``data.split_file`` if set, else RUN_DIR/split.json."""
+    return Path(config.data.split_file) if config.data.split_file else Path(run_dir) / "split.json"
+
+
+@torch.inference_mode()
+def over_clips(fn, loader: DataLoader) -> dict[str, np.ndarray]:
+    """``fn(x)`` on every batch of a clip loader: {"output" (N, ...), "subject", "run_id", "start", "y"};
+    ``y`` is NaN where the dataset has no labels."""
+    columns: dict[str, list] = {"output": [], "subject": [], "run_id": [], "start": [], "y": []}
+    for batch in loader:
+        columns["output"].append(fn(batch["x"]).float().numpy())
+        columns["subject"] += list(batch["subject"])
+        columns["run_id"] += list(batch["run_id"])
+        columns["start"] += [int(s) for s in batch["start"]]
+        columns["y"].append(batch["y"].numpy() if "y" in batch else np.full(len(batch["subject"]), np.nan))
+    return {k: np.concatenate(v) if k in ("output", "y") else np.asarray(v) for k, v in columns.items()}
+
+
 class LabelledClips(L.LightningDataModule):
     """Train / val / test clips of the first store of ``config.data``, labelled by ``config.task.label``."""
 
@@ -37,7 +56,7 @@ class LabelledClips(L.LightningDataModule):
         if not config.data.stores:
             raise InputError("config", "data.stores is empty: give the store to train on")
         self.store = Store(config.data.stores[0].path)
-        split_file = Path(config.data.split_file) if config.data.split_file else self.run_dir / "split.json"
+        split_file = split_path(config, self.run_dir)
         self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
         if config.task.kind == "task_state":
             self._event_clips(config, split_file)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
@@ -21,23 +20,13 @@ from sklearn.preprocessing import StandardScaler
 from neurostorm.data.store import write_json_atomic
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
-from neurostorm.train.data import LabelledClips, fit_to_model
+from neurostorm.train.data import LabelledClips, fit_to_model, over_clips
 
 
-@torch.inference_mode()
 def embed_split(encoder, data: LabelledClips, split: str) -> dict[str, np.ndarray]:
     """Pooled embeddings (N, D) of every clip of a split, with subject, run_id, start and y per clip."""
     encoder.eval()
-    columns: dict[str, list] = {"embedding": [], "subject": [], "run_id": [], "start": [], "y": []}
-    for batch in data.loader(split):
-        columns["embedding"].append(encoder.encode(fit_to_model(batch["x"], encoder.config.img_size)).float().numpy())
-        columns["subject"] += list(batch["subject"])
-        columns["run_id"] += list(batch["run_id"])
-        columns["start"] += [int(s) for s in batch["start"]]
-        columns["y"].append(batch["y"].numpy())
-    return {"embedding": np.concatenate(columns["embedding"]), "subject": np.asarray(columns["subject"]),
-            "run_id": np.asarray(columns["run_id"]), "start": np.asarray(columns["start"]),
-            "y": np.concatenate(columns["y"])}
+    return over_clips(lambda x: encoder.encode(fit_to_model(x, encoder.config.img_size)), data.loader(split))
 
 
 def cached_embeddings(encoder, data: LabelledClips, run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -60,7 +49,7 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     encoder = initial_encoder(config)
     start = time.perf_counter()
     emb = cached_embeddings(encoder, data, run_dir)
-    fit = {k: np.concatenate([emb["train"][k], emb["val"][k]]) for k in ("embedding", "subject", "y")}
+    fit = {k: np.concatenate([emb["train"][k], emb["val"][k]]) for k in ("output", "subject", "y")}
     n_folds = min(5, len(np.unique(fit["subject"])))
     if config.task.kind == "regression":
         model, grid = make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": np.logspace(-2, 5, 15)}
@@ -69,12 +58,12 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
             max_iter=2000, class_weight="balanced" if config.task.class_weights else None))
         grid = {"logisticregression__C": np.logspace(-4, 2, 13)}
     search = GridSearchCV(model, grid, cv=GroupKFold(n_folds))
-    search.fit(fit["embedding"], fit["y"], groups=fit["subject"])
+    search.fit(fit["output"], fit["y"], groups=fit["subject"])
     test = emb["test"]
     if config.task.kind == "regression":
-        outputs = search.predict(test["embedding"])[:, None]
+        outputs = search.predict(test["output"])[:, None]
     else:
-        scores = search.decision_function(test["embedding"])
+        scores = search.decision_function(test["output"])
         outputs = scores[:, None] if scores.ndim == 1 else scores
     n_classes = 1 if config.task.kind == "regression" else len(data.classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])

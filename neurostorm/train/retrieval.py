@@ -34,7 +34,7 @@ from neurostorm.models.prompts import prompt_tuning
 from neurostorm.tasks.evaluation import rank_histogram
 from neurostorm.tasks.retrieval import image_retrieval, reidentification
 from neurostorm.train.config import ExperimentConfig, OptimConfig
-from neurostorm.train.data import fit_to_model, subjects_table
+from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
 from neurostorm.train.modules import make_optimizer
 
 
@@ -119,18 +119,6 @@ class ContrastiveModule(L.LightningModule):
         return make_optimizer(self, self.optim, self.steps_per_epoch)
 
 
-@torch.inference_mode()
-def embed_loader(embed, loader: DataLoader) -> dict[str, np.ndarray]:
-    columns: dict[str, list] = {"z": [], "subject": [], "run_id": [], "y": []}
-    for batch in loader:
-        columns["z"].append(embed(batch["x"]).float().numpy())
-        columns["subject"] += list(batch["subject"])
-        columns["run_id"] += list(batch["run_id"])
-        if "y" in batch:
-            columns["y"].append(batch["y"].numpy())
-    return {k: (np.concatenate(v) if k in ("z", "y") and v else np.asarray(v)) for k, v in columns.items()}
-
-
 def _fit(config: ExperimentConfig, run_dir: Path, module: ContrastiveModule, train: Dataset, val: Dataset) -> None:
     from neurostorm.train.run import _trainer
 
@@ -149,8 +137,8 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
     from neurostorm.train.run import initial_encoder
 
     store = Store(config.data.stores[0].path)
-    split_file = Path(config.data.split_file) if config.data.split_file else run_dir / "split.json"
-    split = load_or_make_split(split_file, subjects_table(store), config.data.split_fractions, config.trainer.seed)
+    split = load_or_make_split(split_path(config, run_dir), subjects_table(store), config.data.split_fractions,
+                               config.trainer.seed)
     encoder, task, data = initial_encoder(config), config.task, config.data
     start = time.perf_counter()
     if task.kind == "image_retrieval":
@@ -181,18 +169,18 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
         _fit(config, run_dir, module, sets["train"], sets["val"])
         embed = module
     loader = DataLoader(sets["test"], batch_size=data.batch_size, num_workers=data.num_workers)
-    test = embed_loader(embed, loader)
+    test = over_clips(embed, loader)
     if task.kind == "image_retrieval":
-        brain = test["z"]
+        brain = test["output"]
         if config.mode == "probe":  # ridge map from frozen embeddings to the image space, fit on train clips
-            fit = embed_loader(embed, DataLoader(sets["train"], batch_size=data.batch_size))
-            ridge = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(fit["z"], images[fit["y"]])
+            fit = over_clips(embed, DataLoader(sets["train"], batch_size=data.batch_size))
+            ridge = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(fit["output"], images[fit["y"]])
             brain = ridge.predict(brain)
         shown = np.unique(test["y"])  # candidates: the stimuli of the test clips
         metrics = image_retrieval(brain, np.searchsorted(shown, test["y"]), images[shown])
     else:
         runs = sorted(set(test["run_id"]))
-        per_run = np.stack([test["z"][test["run_id"] == r].mean(0) for r in runs])
+        per_run = np.stack([test["output"][test["run_id"] == r].mean(0) for r in runs])
         owner = np.array([test["subject"][list(test["run_id"]).index(r)] for r in runs])
         first = np.array([list(owner).index(s) == i for i, s in enumerate(owner)])
         if first.all():

@@ -43,7 +43,7 @@ from neurostorm.models.weights import (
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
-from neurostorm.train.data import LabelledClips, PretrainClips, fit_to_model
+from neurostorm.train.data import LabelledClips, PretrainClips, fit_to_model, over_clips
 from neurostorm.train.modules import AdaptModule, PretrainModule
 
 
@@ -249,22 +249,16 @@ def load_adapted(folder: Path, optim=None) -> tuple[AdaptModule, dict]:
     return module.eval(), task
 
 
-@torch.inference_mode()
-def predict_clips(module: AdaptModule, loader) -> tuple[list, list, list, np.ndarray, np.ndarray]:
-    subjects, runs, starts, outputs, targets = [], [], [], [], []
-    for batch in loader:
-        outputs.append(module.to_original_units(module(batch["x"])).float().numpy())
-        subjects += list(batch["subject"])
-        runs += list(batch["run_id"])
-        starts += [int(s) for s in batch["start"]]
-        targets.append(batch["y"].numpy() if "y" in batch else np.full(len(batch["subject"]), np.nan))
-    return subjects, runs, starts, np.concatenate(outputs), np.concatenate(targets)
+def predict_clips(module: AdaptModule, loader) -> pd.DataFrame:
+    """Predictions per clip (logits, or values in the label's units) as :func:`predictions_frame`."""
+    clips = over_clips(lambda x: module.to_original_units(module(x)), loader)
+    return predictions_frame(clips["subject"], clips["run_id"], clips["start"], clips["output"], clips["y"])
 
 
 def report(run_dir: Path, module: AdaptModule, data: LabelledClips, task: dict) -> dict:
     """Test predictions, metrics with CIs, figures; returns the metrics."""
     module.eval()
-    frame = predictions_frame(*predict_clips(module, data.loader("test")))
+    frame = predict_clips(module, data.loader("test"))
     frame.to_csv(run_dir / "predictions.csv", index=False)
     metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
     metrics["task"] = task
@@ -282,7 +276,7 @@ def evaluate(run_dir: str | Path) -> dict:
     config = load_config(run_dir / "config.yaml")
     module, task = load_adapted(run_dir / "model", config.optim)
     data = LabelledClips(config, run_dir)
-    frame = predictions_frame(*predict_clips(module, data.loader("test")))
+    frame = predict_clips(module, data.loader("test"))
     metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
     metrics["task"] = task
     return metrics
@@ -293,21 +287,19 @@ def _all_clips(config: ExperimentConfig, path: str) -> DataLoader:
     return DataLoader(dataset, batch_size=config.data.batch_size, num_workers=config.data.num_workers)
 
 
-@torch.inference_mode()
 def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
     """Pooled embeddings of every clip of every store in ``config.data.stores`` with the configured encoder;
     writes OUT/embeddings.npz (clip-level: embedding, subject, run_id, start, store) and a per-subject mean."""
     out_dir = _start(config, out_dir)
     encoder = initial_encoder(config).eval()
-    columns: dict[str, list] = {"embedding": [], "subject": [], "run_id": [], "start": [], "store": []}
-    for source in config.data.stores:
-        for batch in _all_clips(config, source.path):
-            columns["embedding"].append(encoder.encode(fit_to_model(batch["x"], encoder.config.img_size)).numpy())
-            columns["subject"] += list(batch["subject"])
-            columns["run_id"] += list(batch["run_id"])
-            columns["start"] += [int(s) for s in batch["start"]]
-            columns["store"] += [source.path] * len(batch["subject"])
-    arrays = {k: np.concatenate(v) if k == "embedding" else np.asarray(v) for k, v in columns.items()}
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return encoder.encode(fit_to_model(x, encoder.config.img_size))
+
+    parts = [{**over_clips(encode, _all_clips(config, source.path)), "source": source.path}
+             for source in config.data.stores]
+    arrays = {"embedding": np.concatenate([p["output"] for p in parts]),
+              **{k: np.concatenate([p[k] for p in parts]) for k in ("subject", "run_id", "start")},
+              "store": np.concatenate([np.full(len(p["subject"]), p["source"]) for p in parts])}
     subjects, means, _ = per_subject(arrays["subject"], arrays["embedding"], arrays["subject"])
     path = out_dir / "embeddings.npz"
     tmp = out_dir / ".embeddings.tmp.npz"
@@ -327,7 +319,7 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
         raise InputError("config", "data.stores is empty: give the store to predict on")
     out_dir = _start(config, out_dir)
     module, task = load_adapted(folder, config.optim)
-    frame = predictions_frame(*predict_clips(module, _all_clips(config, config.data.stores[0].path)))
+    frame = predict_clips(module, _all_clips(config, config.data.stores[0].path))
     frame.to_csv(out_dir / "predictions.csv", index=False)
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
     if task["kind"] == "task_state":  # a condition per clip: no per-subject summary
