@@ -53,6 +53,13 @@ def write_parquet_atomic(path: Path, table: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex}")
+    with open(tmp, "wb") as handle:  # a file handle, so numpy does not append ".npz" to the temporary name
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
 class RunWriter:
     """Write one run's frames to ``runs/<run_id>.zarr`` atomically.
 

@@ -17,7 +17,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from neurostorm.data.store import write_json_atomic
+from neurostorm.data.store import write_json_atomic, write_npz_atomic
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import LabelledClips, fit_to_model, over_clips
@@ -36,9 +36,7 @@ def cached_embeddings(encoder, data: LabelledClips, run_dir: Path) -> dict[str, 
             return {split: {k.split("/", 1)[1]: saved[k] for k in saved.files if k.startswith(split + "/")}
                     for split in ("train", "val", "test")}
     out = {split: embed_split(encoder, data, split) for split in ("train", "val", "test")}
-    tmp = run_dir / ".embeddings.tmp.npz"
-    np.savez(tmp, **{f"{split}/{k}": v for split, cols in out.items() for k, v in cols.items()})
-    tmp.replace(path)
+    write_npz_atomic(path, {f"{split}/{k}": v for split, cols in out.items() for k, v in cols.items()})
     return out
 
 

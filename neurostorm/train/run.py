@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
-from neurostorm.data.store import Store, write_json_atomic
+from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, build_model
 from neurostorm.models.encoder import NeuroSTORM
@@ -302,9 +302,7 @@ def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
               "store": np.concatenate([np.full(len(p["subject"]), p["source"]) for p in parts])}
     subjects, means, _ = per_subject(arrays["subject"], arrays["embedding"], arrays["subject"])
     path = out_dir / "embeddings.npz"
-    tmp = out_dir / ".embeddings.tmp.npz"
-    np.savez(tmp, **arrays, subject_ids=subjects, subject_embedding=means.astype(np.float32))
-    tmp.replace(path)
+    write_npz_atomic(path, {**arrays, "subject_ids": subjects, "subject_embedding": means.astype(np.float32)})
     return path
 
 
