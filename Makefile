@@ -16,8 +16,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 demo: $(BIN)/.installed
 	$(BIN)/neurostorm demo --quick --out $(DEMO_OUT)
-	$(BIN)/neurostorm roi $(DEMO_OUT)/store-rest --atlas power264 --out $(DEMO_OUT)/roi-power264 --quiet
-	@echo "report: $(DEMO_OUT)/report.md   runs: $(DEMO_OUT)/runs   ROI/FC: $(DEMO_OUT)/roi-power264"
+	@echo "report: $(DEMO_OUT)/report.md   tables: $(DEMO_OUT)/families   ROI/FC (Power-264): $(DEMO_OUT)/roi-rest"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
@@ -26,8 +25,8 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check neurostorm tests benchmarks
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m benchmarks.preprocess_run
-	$(BIN)/python -m benchmarks.encoder
+	$(BIN)/python -m pip install --quiet 'mambapy>=1.2'
+	$(BIN)/python -m benchmarks --json benchmarks.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -77,10 +77,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace):
+def load_experiment(source: str, overrides: list[str], quiet: bool):
     from neurostorm.train.config import load_config
 
-    return load_config(args.config, [*args.overrides, *(["trainer.progress=false"] if args.quiet else [])])
+    return load_config(source, [*overrides, *(["trainer.progress=false"] if quiet else [])])
+
+
+def _experiment(args: argparse.Namespace):
+    return load_experiment(args.config, args.overrides, args.quiet)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -108,6 +112,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                        if k in metrics)
     print(f"{args.out}: test metrics ({metrics['task']['kind']}, {metrics['task']['mode']} mode; {counts})")
     _print_metrics(metrics)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from neurostorm.tasks.compare import compare, markdown_table, parse_methods
+
+    config = load_experiment(args.task, args.overrides, args.quiet)
+    table = compare(config, parse_methods(args.models), args.out)
+    print(f"{args.out}/table.md ({config.task.kind}):")
+    print(markdown_table(table, config.task.kind))
     return 0
 
 
@@ -213,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
             _cmd_finetune)
     add_run("embed", "pooled encoder embeddings of every clip of the configured stores", _cmd_embed, False)
     add_run("predict", "apply a fine-tuned model (model.init = its model folder) to a store", _cmd_predict, False)
+    comp = add("compare", "several models on one task, one split: OUT/table.md, table.csv, comparison.png",
+               _cmd_compare)
+    comp.add_argument("--task", required=True, metavar="CONFIG", help="experiment YAML (task and data) or a preset")
+    comp.add_argument("--models", required=True, help="comma-separated MODEL[@INIT][:MODE], e.g. "
+                      "neurostorm-tiny@runs/pre/model,neurostorm-tiny,swift-tiny,bnt-tiny,fc-linear")
+    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.epochs=5 task.label=sex")
+    comp.add_argument("--out", required=True, metavar="DIR")
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR")
 
@@ -232,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        warnings.simplefilter("ignore", DeprecationWarning)  # libraries' notices to their developers
         warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
         try:
             return args.handler(args)

@@ -1,10 +1,11 @@
 """``neurostorm demo``: the whole method on a simulated cohort, on one CPU, with a report.
 
 simulate → preprocess (4 mm grid; one store each for resting, task and image runs) → STORM
-pretraining of the tiny model on the resting runs → for every task family, training from scratch, full
-fine-tuning and prompt tuning of the pretrained encoder, and a linear probe → ``report.md`` with one table
-per family (metric and 95 % CI per method, trained parameters, seconds) and the command of every row.
-Every step is an ordinary CLI run whose folder stays under OUT for inspection.
+pretraining of the tiny model on the resting runs → for every task family, one ``compare`` table:
+training from scratch, full fine-tuning, prompt tuning and a linear probe of the pretrained encoder, and
+the FC + linear baseline → ``report.md`` (a table per family with 95 % CIs, paired differences, figures,
+trained parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
+CLI run whose folder stays under OUT for inspection.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
+from neurostorm.data.store import write_json_atomic
+from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
+from neurostorm.train.config import load_config
 
 
 @dataclass(frozen=True)
@@ -23,24 +29,28 @@ class DemoSize:
     subjects: int
     frames: int  # per simulated run at TR 2 s
     pretrain_epochs: int
-    epochs: int
-    max_clips: int  # pretraining clips per epoch
-    modes: tuple[str, ...]  # adaptation modes compared per family
+    pretrain_clips: int  # per epoch
+    epochs: int  # of every adaptation run
+    methods: tuple[str, ...]  # compared per family, keys of METHODS
 
 
-ALL_MODES = ("scratch", "full fine-tuning", "prompt tuning", "linear probe")
-SIZES = {"quick": DemoSize(subjects=16, frames=40, pretrain_epochs=1, epochs=1, max_clips=16,
-                           modes=("scratch", "full fine-tuning")),
-         "default": DemoSize(subjects=60, frames=60, pretrain_epochs=4, epochs=6, max_clips=240, modes=ALL_MODES)}
+METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{pretrained}",
+           "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
+           "FC + linear": "fc-linear"}
+PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear")]
+SIZES = {"quick": DemoSize(subjects=16, frames=24, pretrain_epochs=2, pretrain_clips=32, epochs=1,
+                           methods=("scratch", "full fine-tuning", "FC + linear")),
+         "default": DemoSize(subjects=60, frames=24, pretrain_epochs=4, pretrain_clips=240, epochs=2,
+                             methods=tuple(METHODS))}
 
-FAMILIES = [  # (family, store, task overrides, headline metric)
-    ("sex", "rest", ["task.label=sex"], "balanced_accuracy"),
-    ("age", "rest", ["task.label=age", "task.kind=regression"], "pearson_r"),
-    ("phenotype (score)", "rest", ["task.label=score", "task.kind=regression"], "pearson_r"),
-    ("diagnosis (3 classes)", "rest", ["task.label=diagnosis", "task.class_weights=true"], "balanced_accuracy"),
-    ("task state", "objects", ["task.kind=task_state", "data.sequence_length=8"], "balanced_accuracy"),
-    ("image retrieval", "images", ["task.kind=image_retrieval", "data.sequence_length=4"], "top1"),
-    ("re-identification", "rest", ["task.kind=reidentification"], "rank1"),
+FAMILIES = [  # (family, store, task overrides)
+    ("sex", "rest", ["task.label=sex"]),
+    ("age", "rest", ["task.label=age", "task.kind=regression"]),
+    ("phenotype (score)", "rest", ["task.label=score", "task.kind=regression"]),
+    ("diagnosis (3 classes)", "rest", ["task.label=diagnosis", "task.class_weights=true"]),
+    ("task state", "objects", ["task.kind=task_state", "data.sequence_length=8"]),
+    ("image retrieval", "images", ["task.kind=image_retrieval", "data.sequence_length=4"]),
+    ("re-identification", "rest", ["task.kind=reidentification"]),
 ]
 STORES = {"rest": "*_task-rest_*_bold.nii.gz", "objects": "*_task-objects_*_bold.nii.gz",
           "images": "*_task-images_*_bold.nii.gz"}
@@ -54,79 +64,100 @@ def _cli(argv: list[str]) -> None:
         raise RuntimeError(f"neurostorm {' '.join(argv)} exited with {code}")
 
 
+def _stage(name: str, stages: dict[str, float], start: float) -> None:
+    stages[name] = time.perf_counter() - start
+    print(f"demo: {name} done in {stages[name]:.0f} s", flush=True)
+
+
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int | None = None) -> Path:
-    """Run everything into ``out``; returns the path of ``report.md``."""
+    """Run everything into ``out``; returns the path of ``report.md`` (``metrics.json`` beside it)."""
     out = Path(out)
     size = SIZES["quick" if quick else "default"]
-    n_subjects = subjects or size.subjects
+    cohort = CohortConfig(subjects=subjects or size.subjects, runs=2, task_runs=1, stimulus_runs=1, n_images=8,
+                          n_frames=size.frames, voxel_mm=4.0, seed=seed)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     bids = out / "bids"
-    simulate_cohort(bids, CohortConfig(subjects=n_subjects, runs=2, task_runs=1, stimulus_runs=1, n_images=8,
-                                       n_frames=size.frames, voxel_mm=4.0, seed=seed))
-    stages["simulate"] = time.perf_counter() - start
+    simulate_cohort(bids, cohort)
+    _stage("simulate", stages, start)
     start = time.perf_counter()
     for name, pattern in STORES.items():
         runs = sorted(str(p) for p in bids.glob(f"sub-*/func/{pattern}"))
         _cli(["preprocess", *runs, "--out", str(out / f"store-{name}"), "--grid", "mni152-fsl-4mm-48",
               "--workers", "2", "--labels", str(bids / "participants.tsv"), "--quiet"])
-    stages["preprocess"] = time.perf_counter() - start
-    common = ["--config", "tiny", f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]"]
+    _stage("preprocess", stages, start)
+    common = [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]", "trainer.progress=false"]
     start = time.perf_counter()
-    pretrain = ["pretrain", *common, f"optim.epochs={size.pretrain_epochs}",
-                f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.max_clips}}}]",
-                "--out", str(out / "runs" / "pretrain"), "--quiet"]
+    pretrain = ["pretrain", "--config", "tiny", *common, "optim.lr=3e-3", f"optim.epochs={size.pretrain_epochs}",
+                f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.pretrain_clips}}}]",
+                "--out", str(out / "runs" / "pretrain")]
     _cli(pretrain)
-    stages["pretrain"] = time.perf_counter() - start
+    _stage("pretrain", stages, start)
     pretrained = out / "runs" / "pretrain" / "model"
-    modes = {"scratch": ["mode=full", "model.init=scratch"], "full fine-tuning": ["mode=full",
-                                                                                    f"model.init={pretrained}"],
-             "prompt tuning": ["mode=prompt", f"model.init={pretrained}"], "linear probe": ["mode=probe",
-                                                                                             f"model.init={pretrained}"]}
-    rows = []
-    for family, store, task, metric in FAMILIES:
+    methods = [Method.parse(METHODS[label].format(pretrained=pretrained), label) for label in size.methods]
+    families = {}
+    for family, store, task in FAMILIES:
+        start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
-        for mode in size.modes:
-            mode_args = modes[mode]
-            folder = out / "runs" / f"{family.split(' ')[0]}-{mode.split(' ')[0]}"
-            argv = ["finetune", *common, f"optim.epochs={size.epochs}", f"data.stores=[{out / f'store-{store}'}]",
-                    *task, *extra, *mode_args, "--out", str(folder), "--quiet"]
-            begin = time.perf_counter()
-            _cli(argv)
-            metrics = json.loads((folder / "metrics.json").read_text())
-            rows.append({"family": family, "mode": mode, "metric": metric, **metrics[metric],
-                         "chance": metrics.get("chance", {}).get(metric), "seconds": time.perf_counter() - begin,
-                         "trainable": metrics["task"].get("trainable_parameters"),
-                         "command": "neurostorm " + shlex.join(argv[:-1])})
-        stages[family] = sum(r["seconds"] for r in rows if r["family"] == family)
+        overrides = [*common, f"optim.epochs={size.epochs}", f"data.stores=[{out / f'store-{store}'}]",
+                     f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
+        folder = out / "families" / family.split(" (")[0].replace(" ", "-")
+        config = load_config("tiny", overrides)
+        table = compare(config, methods, folder)
+        kind = config.task.kind
+        specs = ",".join(METHODS[label].format(pretrained=pretrained) for label in size.methods)
+        families[family] = {"kind": kind, "folder": str(folder), "table": table,
+                            "differences": paired_differences(table, kind, PAIRS),
+                            "command": f"neurostorm compare --task {folder / 'task.yaml'} --models {specs} "
+                                       f"--out {folder}"}
+        _stage(family, stages, start)
     pretrain_metrics = json.loads((out / "runs" / "pretrain" / "metrics.json").read_text())
-    return write_report(out, rows, stages, pretrain_metrics, "neurostorm " + shlex.join(pretrain[:-1]))
+    return write_report(out, cohort, families, stages, pretrain_metrics, "neurostorm " + shlex.join(pretrain))
 
 
-def write_report(out: Path, rows: list[dict], stages: dict[str, float], pretrain: dict, pretrain_command: str
-                 ) -> Path:
-    skipped = [m for m in ALL_MODES if m not in {r["mode"] for r in rows}]
+def _interval(d: dict) -> str:
+    return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[str, float], pretrain: dict,
+                 pretrain_command: str) -> Path:
+    """``report.md`` (tables, differences, figures, commands, wall times) and ``metrics.json``."""
     lines = ["# neurostorm demo report", "",
-             "Simulated cohort (see `bids/participants.tsv`), tiny model, CPU. Each value is the test-set metric "
-             "with its 95 % bootstrap CI; chance beside it. FC + linear baseline: not yet part of the package "
-             "(skipped)." + (f" Not run at this size: {', '.join(skipped)}." if skipped else ""), "",
-             f"Pretraining: held-out masked loss {pretrain.get('val_loss', float('nan')):.4f} against "
-             f"{pretrain.get('val_loss_mean_predictor', float('nan')):.4f} for predicting each clip's mean "
-             f"(`{pretrain_command}`).", ""]
-    for family in dict.fromkeys(r["family"] for r in rows):
-        family_rows = [r for r in rows if r["family"] == family]
-        lines += [f"## {family} — {family_rows[0]['metric']}", "",
-                  "| method | value | 95 % CI | chance | trained parameters | seconds |", "|---|---|---|---|---|---|"]
-        for r in family_rows:
-            chance = "" if r["chance"] is None else f"{r['chance']:.3f}"
-            lines.append(f"| {r['mode']} | {r['value']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {chance} | "
-                         f"{r['trainable'] or 0:,} | {r['seconds']:.0f} |")
-        lines += ["", "Commands:", ""] + [f"- {r['mode']}: `{r['command']}`" for r in family_rows] + [""]
+             f"Simulated cohort of {cohort.subjects} subjects (`bids/participants.tsv` holds the ground truth), "
+             "tiny model, CPU. Every value is the test-set metric over held-out subjects with its 95 % bootstrap "
+             "CI (subjects resampled); all methods of a family share one subject split. Differences are paired: "
+             "each bootstrap draw scores both methods on the same resampled subjects. Nothing here was tuned to "
+             "favour pretraining.", "",
+             "## Pretraining", "",
+             f"Held-out masked reconstruction loss {pretrain.get('val_loss', float('nan')):.4f} against "
+             f"{pretrain.get('val_loss_mean_predictor', float('nan')):.4f} for predicting each clip's mean.", "",
+             "![pretraining loss curves](runs/pretrain/figures/loss_curves.png)", "", f"`{pretrain_command}`", ""]
+    for family, result in families.items():
+        kind, folder = result["kind"], Path(result["folder"])
+        lines += [f"## {family} — {METRICS[kind][0]}", "", markdown_table(result["table"], kind), ""]
+        if result["differences"]:
+            lines += ["Paired differences in " + METRICS[kind][0] + " (95 % CI):", ""]
+            lines += [f"- {d['a']} − {d['b']}: {_interval(d)}" for d in result["differences"]] + [""]
+        lines += [f"![{family}]({folder.relative_to(out) / 'comparison.png'})", "",
+                  "Commands (the table, then each row):", "", f"- `{result['command']}`"]
+        lines += [f"- {r['method']}: `{r['command']}`" for r in result["table"].to_dict("records")
+                  if isinstance(r.get("command"), str)] + [""]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items()]
+    lines += [f"| total | {sum(stages.values()):.0f} |"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    summary = {"cohort": {"subjects": cohort.subjects, "frames": cohort.n_frames, "seed": cohort.seed},
+               "pretrain": pretrain, "stages_seconds": stages,
+               "families": {family: {"kind": r["kind"], "differences": r["differences"],
+                                     "methods": _records(r["table"])} for family, r in families.items()}}
+    write_json_atomic(out / "metrics.json", summary)
     return path
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """Table rows with missing values as None (strict JSON)."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 __all__ = ["SIZES", "run_demo"]

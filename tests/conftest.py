@@ -24,6 +24,18 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def realistic_store(tmp_path_factory) -> Path:
+    """The demo's simulator at test size: 12 subjects × 2 resting runs of 40 frames (TR 2 s, 4 mm, three
+    sites, physiological noise, spikes), preprocessed onto the 4 mm grid with participants' labels."""
+    out = tmp_path_factory.mktemp("realistic")
+    simulate_cohort(out / "bids", CohortConfig(subjects=12, runs=2, n_frames=40, voxel_mm=4.0, seed=11))
+    result = preprocess([out / "bids"], out / "store", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
+                        labels=out / "bids" / "participants.tsv", progress=False)
+    assert not result.failures, result.failures
+    return out / "store"
+
+
+@pytest.fixture(scope="session")
 def store(cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "store"
     result = preprocess([cohort], out, PreprocessConfig(), progress=False)

@@ -48,6 +48,16 @@ def test_pretraining_lowers_held_out_loss_and_exports_an_encoder(labelled_store,
         "mni152-fsl-4mm-48"
 
 
+def test_pretraining_on_simulated_bold_beats_the_mean_predictor_on_held_out_subjects(realistic_store, tmp_path):
+    run = tmp_path / "pre"
+    argv = ["pretrain", "--config", "tiny", "--quiet", "optim.epochs=2", "optim.lr=3e-3",
+            f"data.stores=[{{path: {realistic_store}, max_clips: 64}}]", "--out", str(run)]
+    assert main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    # masked reconstruction on subjects never trained on, against predicting each clip's mean intensity
+    assert metrics["val_loss"] < 0.6 * metrics["val_loss_mean_predictor"], metrics
+
+
 def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 

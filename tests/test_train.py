@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from neurostorm.cli import main
+from neurostorm.models.weights import load_encoder
 from neurostorm.train.config import load_config, parse_override
 
 
@@ -105,6 +106,8 @@ def test_subject_reidentification(retrieval_store, tmp_path, mode):
                       "data.split_fractions=[0.4,0.2,0.4]", "optim.epochs=2")
     assert metrics["n_queries"] == 4 and metrics["n_gallery"] == 4
     assert metrics["rank1"]["value"] > metrics["chance"]["rank1"] and metrics["mAP"]["value"] > 0.5
+    if mode == "full":  # the contrastively trained encoder is exported for later fine-tuning
+        assert load_encoder(tmp_path / "reid" / "model").out_dim == 128
 
 
 def test_diagnosis_three_classes_with_class_weights(labelled_store, tmp_path):

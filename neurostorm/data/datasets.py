@@ -44,6 +44,10 @@ class _Labelled:
                               if pd.notna(v)}
         return rows[rows[label].notna()].reset_index(drop=True)
 
+    def targets(self) -> np.ndarray:
+        """The label of every selected run, in order (class indices or values)."""
+        return np.array([self._label_of[r] for r in self.runs["run_id"]])
+
     def _sample(self, record: pd.Series, x: torch.Tensor, **extra: object) -> dict:
         """An item: ``x``, ``subject``, ``run_id``, any ``extra`` fields, and ``y`` when labelled."""
         sample = {"x": x, "subject": str(record["subject"]), "run_id": record["run_id"], **extra}
@@ -176,4 +180,4 @@ class FCDataset(Dataset, _Labelled):
 
     def __getitem__(self, item: int) -> dict:
         record = self.runs.iloc[item]
-        return self._sample(record, torch.from_numpy(self.matrices[item]))
+        return self._sample(record, torch.from_numpy(self.matrices[item]), start=0)

@@ -122,7 +122,20 @@ def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial:
     write_parquet_atomic(out / "manifest.parquet", store.manifest)
     mean_z = np.stack(matrices["fisher_z"]).mean(axis=0)
     plot_connectome(mean_z, f"{atlas.name}: mean Fisher-z FC over {len(run_ids)} runs", out / "fc_mean.png")
-    summary = {"atlas": atlas.name, "n_rois": len(atlas.names), "n_runs": len(run_ids), "store": store.location,
-               "kinds": list(matrices)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"atlas": atlas.name, "atlas_argument": str(atlas_name), "n_rois": len(atlas.names),
+               "n_runs": len(run_ids), "store": store.location, "kinds": list(matrices)}
+    write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def rois_of_store(store_location: str, atlas_name: str, out: str | Path, progress: bool = False) -> Path:
+    """The ROI folder of a store at ``out``: reused when it was made from the same store and atlas (written
+    last, ``summary.json`` marks a complete folder), extracted otherwise."""
+    out = Path(out)
+    summary = out / "summary.json"
+    if summary.exists():
+        made = json.loads(summary.read_text())
+        if made.get("store") == Store(store_location).location and made.get("atlas_argument") == str(atlas_name):
+            return out
+    extract_rois(store_location, atlas_name, out, progress=progress)
+    return out

@@ -3,15 +3,24 @@
 ``neurostorm-base`` is the released NeuroSTORM configuration (input 96³ × 20 frames, 5,173,020 parameters);
 ``neurostorm-tiny`` runs the same code on the 4 mm grid (48³ voxels, token grid 8³) with narrow stages. The
 ``-mae-`` names build the STORM pretraining model around the same encoders.
+
+Baselines: ``swift-base`` / ``swift-tiny`` read the same clips; ``brainnetcnn``, ``bnt``, ``braingnn`` (and
+their ``-tiny`` variants) read connectivity matrices (``n_rois`` set from the atlas); ``fc-linear`` is a
+scikit-learn model on the upper triangle of FC. ``model_input(name)`` says which input a model takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 
 from torch import nn
 
+from neurostorm.models.baselines.bnt import BNT, BNTConfig
+from neurostorm.models.baselines.braingnn import BrainGNN, BrainGNNConfig
+from neurostorm.models.baselines.brainnetcnn import BrainNetCNN, BrainNetCNNConfig
+from neurostorm.models.baselines.fc_linear import FCLinear
+from neurostorm.models.baselines.swift import SwiFT, SwiFTConfig
 from neurostorm.models.encoder import NeuroSTORM, NeuroSTORMConfig, count_parameters
 from neurostorm.models.heads import ClassificationHead, EmbeddingHead, RegressionHead
 from neurostorm.models.storm import STORM, STORMConfig
@@ -22,18 +31,26 @@ ENCODER_PRESETS: dict[str, NeuroSTORMConfig] = {
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+INPUTS: dict[str, str] = {}  # "clips" (B, 1, X, Y, Z, T) or "fc" (B, R, R)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(name: str, input: str = "clips") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a factory ``f(**overrides) -> nn.Module`` to the registry under ``name``."""
 
     def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ValueError(f"model name {name!r} is already registered")
-        MODELS[name] = factory
+        MODELS[name], INPUTS[name] = factory, input
         return factory
 
     return add
+
+
+def model_input(name: str) -> str:
+    """``"clips"`` or ``"fc"``: what the named model reads."""
+    if name not in INPUTS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return INPUTS[name]
 
 
 def _encoder(preset: str) -> Callable[..., NeuroSTORM]:
@@ -55,6 +72,28 @@ for _preset in ENCODER_PRESETS:
     register_model(f"neurostorm-{_preset}")(_encoder(_preset))
     register_model(f"neurostorm-mae-{_preset}")(_storm(_preset))
 
+for _preset, _heads in (("base", (3, 6, 12, 24)), ("tiny", (2, 4, 8, 16))):
+    register_model(f"swift-{_preset}")(
+        lambda p=_preset, h=_heads, **overrides: SwiFT(SwiFTConfig(**{**asdict(ENCODER_PRESETS[p]), "heads": h,
+                                                                    **overrides})))
+
+CONNECTOME_PRESETS = {  # name: (model, config, tiny settings)
+    "brainnetcnn": (BrainNetCNN, BrainNetCNNConfig, {"e2e_channels": (8, 8), "e2n_channels": 16, "n2g_channels": 32,
+                                                     "hidden": 32}),
+    "bnt": (BNT, BNTConfig, {"layers": 1, "feedforward": 128, "clusters": 10, "hidden": 64}),
+    "braingnn": (BrainGNN, BrainGNNConfig, {"dim": 16, "communities": 4, "hidden": 32}),
+}
+
+
+def _connectome(cls, config_cls, tiny: dict) -> Callable[..., nn.Module]:
+    return lambda **overrides: cls(config_cls(**{**tiny, **overrides}))
+
+
+for _name, (_cls, _config_cls, _tiny) in CONNECTOME_PRESETS.items():
+    register_model(_name, input="fc")(_connectome(_cls, _config_cls, {}))
+    register_model(f"{_name}-tiny", input="fc")(_connectome(_cls, _config_cls, _tiny))
+register_model("fc-linear", input="fc")(FCLinear)
+
 
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; ``overrides`` replace fields of its configuration dataclass."""
@@ -66,5 +105,6 @@ def build_model(name: str, **overrides) -> nn.Module:
         raise ValueError(f"{name}: {err}") from err
 
 
-__all__ = ["MODELS", "ClassificationHead", "EmbeddingHead", "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead",
-           "STORM", "STORMConfig", "build_model", "count_parameters", "register_model"]
+__all__ = ["BNT", "MODELS", "STORM", "BrainGNN", "BrainNetCNN", "ClassificationHead", "EmbeddingHead", "FCLinear",
+           "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead", "STORMConfig", "SwiFT", "build_model",
+           "count_parameters", "model_input", "register_model"]

@@ -112,30 +112,34 @@ class MLP(nn.Module):
         return self.linear2(nn.functional.gelu(self.linear1(x)))
 
 
-class MambaBlock(nn.Module):
-    """One pre-norm residual block whose mixer is a Mamba layer run over (shifted) windows."""
+class WindowBlock(nn.Module):
+    """One pre-norm residual block whose mixer runs inside (shifted) windows: x += Mix(LN(x)); x += MLP(LN(x)).
+    Subclasses build the mixer (registered under ``mixer_name``) and define :meth:`mix_windows`."""
 
-    def __init__(self, dim: int, window: Size4, shifted: bool, config: NeuroSTORMConfig, drop_rate: float = 0.0,
-                 prompt_tokens: int = 0, use_strd: bool = False) -> None:
+    def __init__(self, dim: int, window: Size4, shifted: bool, config: NeuroSTORMConfig, mixer: nn.Module,
+                 mixer_name: str, drop_rate: float = 0.0, prompt_tokens: int = 0, use_strd: bool = False) -> None:
         super().__init__()
         self.window, self.shifted, self.drop_rate, self.use_strd = window, shifted, drop_rate, use_strd
         self.norm1 = nn.LayerNorm(dim)
-        self.mamba = Mamba(dim, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
-                           backend=config.backend)
+        setattr(self, mixer_name, mixer)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * config.mlp_ratio))
         self.prompt = nn.Parameter(torch.zeros(prompt_tokens, dim)) if prompt_tokens else None
         if self.prompt is not None:
             nn.init.trunc_normal_(self.prompt, std=0.02)
 
+    def mix_windows(self, windows: torch.Tensor, layout: WindowLayout, n_prompts: int) -> torch.Tensor:
+        """(B·nW, P + n, C) → (B·nW, P + n, C); the first ``n_prompts`` tokens of each window are prompts."""
+        raise NotImplementedError
+
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """Windowed Mamba over a (B, D, H, W, T, C) grid; prompts prepended to every window, outputs dropped."""
+        """The mixer over a (B, D, H, W, T, C) grid; prompts prepended to every window, outputs dropped."""
         layout = WindowLayout.for_grid(tuple(x.shape[1:5]), self.window, self.shifted)
         windows = window_partition(roll_grid(x, layout.shift), layout.window)  # (B·nW, n, C)
         n_prompts = 0 if self.prompt is None else self.prompt.shape[0]
         if n_prompts:
             windows = torch.cat([self.prompt.expand(windows.shape[0], -1, -1).to(windows.dtype), windows], dim=1)
-        out = self.mamba(windows)[:, n_prompts:]  # (B·nW, n, C)
+        out = self.mix_windows(windows, layout, n_prompts)[:, n_prompts:]  # (B·nW, n, C)
         if self.use_strd and self.training:
             out = strd(out, layout.window)
         return roll_grid(window_reverse(out, layout.window, layout.grid), layout.shift, reverse=True)
@@ -143,6 +147,18 @@ class MambaBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.mix(self.norm1(x)), self.drop_rate, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, self.training)
+
+
+class MambaBlock(WindowBlock):
+    """NeuroSTORM's block: one Mamba layer scans every window (time fastest)."""
+
+    def __init__(self, dim: int, window: Size4, shifted: bool, config: NeuroSTORMConfig, drop_rate: float = 0.0,
+                 prompt_tokens: int = 0, use_strd: bool = False) -> None:
+        mamba = Mamba(dim, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand, backend=config.backend)
+        super().__init__(dim, window, shifted, config, mamba, "mamba", drop_rate, prompt_tokens, use_strd)
+
+    def mix_windows(self, windows: torch.Tensor, layout: WindowLayout, n_prompts: int) -> torch.Tensor:
+        return self.mamba(windows)
 
 
 class Stage(nn.Module):
@@ -167,20 +183,27 @@ class Stage(nn.Module):
 
 
 def stage_blocks(dim: int, depth: int, window: Size4, config: NeuroSTORMConfig, shift: bool = True,
-                 drop_rates: list[float] | None = None, prompt_tokens: int = 0, use_strd: bool = False
-                 ) -> list[MambaBlock]:
+                 drop_rates: list[float] | None = None, prompt_tokens: int = 0, use_strd: bool = False,
+                 block_type: type[WindowBlock] = MambaBlock, **block_args) -> list[WindowBlock]:
     """``depth`` blocks of width ``dim``; odd ones shifted when ``shift``."""
     rates = drop_rates or [0.0] * depth
-    return [MambaBlock(dim, window, shift and i % 2 == 1, config, rates[i], prompt_tokens, use_strd)
+    return [block_type(dim, window, shift and i % 2 == 1, config, rates[i], prompt_tokens, use_strd, **block_args)
             for i in range(depth)]
 
 
 class NeuroSTORM(nn.Module):
     """NeuroSTORM encoder. ``encode(x)``: (B, 1, X, Y, Z, T) → (B, out_dim) pooled embedding."""
 
+    config_type: type[NeuroSTORMConfig] = NeuroSTORMConfig
+    block_type: type[WindowBlock] = MambaBlock
+
+    def block_args(self, stage: int) -> dict:
+        """Extra arguments of the blocks of one stage (none for Mamba blocks)."""
+        return {}
+
     def __init__(self, config: NeuroSTORMConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or NeuroSTORMConfig()
+        self.config = config = config or self.config_type()
         dims, grids = config.stage_dims(), config.stage_grids()
         rates = torch.linspace(0, config.drop_path, sum(config.depths)).tolist()
         self.patch_embed = PatchEmbed((*config.patch_size, 1), config.embed_dim, config.in_chans)
@@ -192,7 +215,8 @@ class NeuroSTORM(nn.Module):
             window = (*grid[:3], config.window[3]) if full else config.window
             blocks = stage_blocks(dim, depth, window, config, shift=not full,
                                   drop_rates=rates[sum(config.depths[:i]):sum(config.depths[:i + 1])],
-                                  prompt_tokens=config.prompt_tokens, use_strd=config.strd)
+                                  prompt_tokens=config.prompt_tokens, use_strd=config.strd,
+                                  block_type=self.block_type, **self.block_args(i))
             self.layers.append(Stage(blocks, PatchMerging(dim) if i < last else None, config.checkpoint_blocks))
 
     @property
@@ -243,4 +267,4 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["NeuroSTORM", "NeuroSTORMConfig", "MambaBlock", "Stage", "count_parameters", "stage_blocks"]
+__all__ = ["NeuroSTORM", "NeuroSTORMConfig", "MambaBlock", "WindowBlock", "Stage", "count_parameters", "stage_blocks"]

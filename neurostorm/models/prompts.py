@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neurostorm.models.encoder import MambaBlock, NeuroSTORM
+from neurostorm.models.encoder import NeuroSTORM, WindowBlock
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def add_prompts(encoder: NeuroSTORM, tokens: int = 50) -> None:
     if tokens < 1:
         raise ValueError(f"prompt tuning needs at least one prompt token, got {tokens}")
     for block in encoder.modules():
-        if isinstance(block, MambaBlock) and (block.prompt is None or block.prompt.shape[0] != tokens):
+        if isinstance(block, WindowBlock) and (block.prompt is None or block.prompt.shape[0] != tokens):
             dim = block.norm1.normalized_shape[0]
             ref = block.norm1.weight
             block.prompt = nn.Parameter(torch.empty(tokens, dim, device=ref.device, dtype=ref.dtype))
@@ -45,7 +45,7 @@ def add_prompts(encoder: NeuroSTORM, tokens: int = 50) -> None:
 def prompt_tuning(encoder: NeuroSTORM, head: nn.Module, tokens: int = 50) -> TrainableReport:
     """Add prompts, freeze everything of the encoder but them, keep the head trainable; report the counts."""
     add_prompts(encoder, tokens)
-    prompt_ids = {id(b.prompt) for b in encoder.modules() if isinstance(b, MambaBlock)}
+    prompt_ids = {id(b.prompt) for b in encoder.modules() if isinstance(b, WindowBlock)}
     for p in encoder.parameters():
         p.requires_grad_(id(p) in prompt_ids)
     for p in head.parameters():

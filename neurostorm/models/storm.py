@@ -139,6 +139,13 @@ class STORM(nn.Module):
         squared = (patches - target) ** 2 * weight
         return squared.sum() / (weight.expand_as(squared).sum()).clamp(min=1.0)
 
+    @torch.no_grad()
+    def start_at_intensity(self, value: float) -> None:
+        """Set the decoder's output bias to the data's mean intensity ``value``. At zero, Adam would move it
+        by about one learning rate per step and the first hundreds of steps would learn only the offset
+        (the background of normalised clips sits several units below zero)."""
+        self.decoder.decoder_pred.bias.fill_(value)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> STORMOutput:
         tokens = self.encoder.embed(x)  # (B, D, H, W, T, C)

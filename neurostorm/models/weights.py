@@ -22,11 +22,18 @@ from torch import nn
 
 from neurostorm import __version__
 from neurostorm.errors import InputError
+from neurostorm.models.baselines.bnt import BNT, BNTConfig
+from neurostorm.models.baselines.braingnn import BrainGNN, BrainGNNConfig
+from neurostorm.models.baselines.brainnetcnn import BrainNetCNN, BrainNetCNNConfig
+from neurostorm.models.baselines.swift import SwiFT, SwiFTConfig
 from neurostorm.models.encoder import NeuroSTORM, NeuroSTORMConfig
 from neurostorm.models.storm import STORM, STORMConfig
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, lambda d: STORMConfig(**d))}
+ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, lambda d: STORMConfig(**d)),
+                 "SwiFT": (SwiFT, SwiFTConfig.from_dict),
+                 **{cls.__name__: (cls, lambda d, c=config: c(**d)) for cls, config in
+                    ((BrainNetCNN, BrainNetCNNConfig), (BNT, BNTConfig), (BrainGNN, BrainGNNConfig))}}
 
 
 # hyper-parameters of the reference's checkpoints come as Lightning's AttributeDict (a dict subclass): read it
@@ -38,7 +45,7 @@ _CHECKPOINT_GLOBALS = [argparse.Namespace] + [
 ]
 
 
-def save_pretrained(model: NeuroSTORM | STORM, folder: str | Path, preprocessing: dict | None = None) -> Path:
+def save_pretrained(model: nn.Module, folder: str | Path, preprocessing: dict | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each file replaced atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +72,7 @@ def read_pretrained_config(folder: str | Path) -> dict:
     return config
 
 
-def load_pretrained(folder: str | Path, **overrides) -> NeuroSTORM | STORM:
+def load_pretrained(folder: str | Path, **overrides) -> nn.Module:
     """Build the model a pretrained folder describes and load its weights (``overrides`` change settings
     that do not touch weights, e.g. ``checkpoint_blocks`` or ``backend`` of an encoder)."""
     config = read_pretrained_config(folder)

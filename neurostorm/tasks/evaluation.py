@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 from neurostorm.tasks.metrics import (
@@ -50,26 +51,52 @@ def predictions_frame(subjects, run_ids, starts, outputs: np.ndarray, targets: n
     return frame
 
 
+class ScoredUnits:
+    """The scored units of a predictions frame (subjects, or clips for task state), grouped by subject so
+    that a bootstrap resample of subjects takes all their units."""
+
+    def __init__(self, kind: str, n_classes: int, frame: pd.DataFrame) -> None:
+        outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
+        owners, self.outputs, self.y = scored_units(kind, frame["subject"].to_numpy(), outputs,
+                                                    frame["y"].to_numpy())
+        self.kind, self.n_classes, self.subjects = kind, n_classes, np.unique(owners)
+        self.units_of = {s: np.flatnonzero(owners == s) for s in self.subjects}
+
+    def metrics(self, subjects: np.ndarray) -> dict[str, float]:
+        """Point metrics over the units of ``subjects`` (repeats allowed); {} where undefined (one class)."""
+        rows = np.concatenate([self.units_of[s] for s in subjects])
+        if self.kind != "regression" and len(np.unique(self.y[rows])) < 2:
+            return {}
+        return unit_metrics(self.kind, self.n_classes, self.outputs[rows], self.y[rows])
+
+
 def metrics_with_ci(kind: str, n_classes: int, frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     """{metric: {value, ci_low, ci_high}}, the CI from resampling subjects (with all their scored units),
     plus chance levels for classification."""
-    outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    owners, out, y = scored_units(kind, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
-    ids = np.unique(owners)
-    units_of = [np.flatnonzero(owners == s) for s in ids]
-
-    def on(indices: np.ndarray) -> dict[str, float]:
-        rows = np.concatenate([units_of[i] for i in indices])
-        if kind != "regression" and len(np.unique(y[rows])) < 2:
-            return {}
-        return unit_metrics(kind, n_classes, out[rows], y[rows])
-
-    result = bootstrap(on, len(ids), n_boot=n_boot, seed=seed)
-    result["n_subjects"] = int(len(ids))
+    units = ScoredUnits(kind, n_classes, frame)
+    result = bootstrap(lambda idx: units.metrics(units.subjects[idx]), len(units.subjects), n_boot=n_boot,
+                       seed=seed)
+    result["n_subjects"] = int(len(units.subjects))
     result["n_clips"] = int(len(frame))
     if kind != "regression":
-        result["chance"] = chance_level(y, n_classes)
+        result["chance"] = chance_level(units.y, n_classes)
     return result
+
+
+def paired_difference(kind: str, n_classes: int, frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """``metric`` of A minus that of B on the same test subjects, {value, ci_low, ci_high}: each bootstrap
+    draw resamples subjects once and scores both methods on that draw (a paired bootstrap)."""
+    a, b = ScoredUnits(kind, n_classes, frame_a), ScoredUnits(kind, n_classes, frame_b)
+    if not np.array_equal(a.subjects, b.subjects):
+        raise ValueError("paired difference needs the same test subjects in both prediction tables")
+
+    def difference(idx: np.ndarray) -> dict[str, float]:
+        first, second = a.metrics(a.subjects[idx]), b.metrics(a.subjects[idx])
+        return {metric: first[metric] - second[metric]} if metric in first and metric in second else {}
+
+    undefined = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    return bootstrap(difference, len(a.subjects), n_boot=n_boot, seed=seed).get(metric, undefined)
 
 
 def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: list[str] | None,
@@ -102,6 +129,7 @@ def plot_loss_curves(log_csv: Path, path: Path) -> Path:
             rows = log[["epoch", column]].dropna().groupby("epoch")[column].mean()
             ax.plot(rows.index + 1, rows.to_numpy(), marker="o", label=label)
     ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

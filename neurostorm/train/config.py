@@ -42,6 +42,8 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     val_subjects_for_pretraining: float = 0.1  # share of subjects held out to measure reconstruction
     cv_folds: int = 0  # k > 1: k-fold cross-validation by subject (stratified; sites kept whole if a 'site' column)
+    atlas: str = "power264"  # connectome models: ROIs whose time series give the FC matrices
+    roi_dir: str | None = None  # connectome models: ROI folder (reused, else extracted; default RUN_DIR/roi)
 
 
 @dataclass

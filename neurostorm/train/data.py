@@ -17,10 +17,12 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
-from neurostorm.data.datasets import ClipDataset, EventClipDataset
+from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset
+from neurostorm.data.roi import rois_of_store
 from neurostorm.data.splits import load_or_make_split, make_split
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
+from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig
 
 
@@ -48,7 +50,8 @@ def over_clips(fn, loader: DataLoader) -> dict[str, np.ndarray]:
 
 
 class LabelledClips(L.LightningDataModule):
-    """Train / val / test clips of the first store of ``config.data``, labelled by ``config.task.label``."""
+    """Train / val / test clips of the first store of ``config.data``, labelled by ``config.task.label``; for
+    a model that reads connectivity, each split holds one FC matrix per run instead (ROIs of ``data.atlas``)."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
         super().__init__()
@@ -71,6 +74,12 @@ class LabelledClips(L.LightningDataModule):
         self.split = load_or_make_split(split_file, labelled, config.data.split_fractions, config.trainer.seed,
                                         stratify=stratify)
         data, label, kind = config.data, config.task.label, config.task.kind
+        self.input = model_input(config.model.name)
+        if self.input == "fc":
+            self.roi_dir = rois_of_store(self.store.location, data.atlas, data.roi_dir or self.run_dir / "roi")
+            self.datasets = {name: FCDataset(self.roi_dir, self.split[name], label, task=kind)
+                             for name in ("train", "val", "test")}
+            return
         self.datasets = {
             name: ClipDataset(self.store, self.split[name], data.sequence_length, stride=data.stride,
                               random_crop=data.random_crop and name == "train", label=label, task=kind)
@@ -79,6 +88,9 @@ class LabelledClips(L.LightningDataModule):
     def _event_clips(self, config: ExperimentConfig, split_file: Path) -> None:
         """Task state: every split holds the condition-labelled clips of its subjects' runs."""
         task, data = config.task, config.data
+        self.input = "clips"
+        if model_input(config.model.name) != "clips":
+            raise InputError("config", f"{config.model.name} reads connectivity matrices; task state needs clips")
         self.split = load_or_make_split(split_file, subjects_table(self.store), data.split_fractions,
                                         config.trainer.seed)
         self.datasets = {name: EventClipDataset(self.store, self.split[name], data.sequence_length, data.stride,
@@ -93,7 +105,7 @@ class LabelledClips(L.LightningDataModule):
         train = self.datasets["train"]
         if isinstance(train, EventClipDataset):
             return np.array([train.classes.index(c) for _, _, c in train.clips])
-        return np.array([train._label_of[r] for r in train.runs["run_id"]])
+        return train.targets()
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[name], batch_size=self.config.data.batch_size, shuffle=shuffle,
@@ -167,6 +179,11 @@ class PretrainClips(L.LightningDataModule):
         self.sampler = StoreMixSampler([len(d) for d in train_sets], [s.weight for s in data.stores],
                                        [s.max_clips for s in data.stores], seed)
         self.generator = torch.Generator().manual_seed(seed)  # the loader's own draws; saved in checkpoints
+
+    def mean_intensity(self, img_size: tuple[int, int, int], clips: int = 8) -> float:
+        """Mean voxel value of ``clips`` training clips spread evenly over the training set."""
+        picks = np.linspace(0, len(self.train_set) - 1, min(clips, len(self.train_set))).astype(int)
+        return float(np.mean([fit_to_model(self.train_set[int(i)]["x"][None], img_size).mean() for i in picks]))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.config.data.batch_size, sampler=self.sampler,

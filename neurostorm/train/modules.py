@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostorm.data.augment import augment
-from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.storm import STORM
 from neurostorm.train.config import OptimConfig
 from neurostorm.train.data import fit_to_model
@@ -78,10 +77,11 @@ class PretrainModule(L.LightningModule):
 
 
 class AdaptModule(L.LightningModule):
-    """Encoder + head trained on a label: BCE for two classes, cross-entropy for K, MSE on standardised
-    targets for regression. Collects per-clip outputs of val/test for per-subject metrics."""
+    """Encoder (any model with ``encode`` and ``out_dim``) + head trained on a label: BCE for two classes,
+    cross-entropy for K, MSE on standardised targets for regression. Collects per-clip outputs of val/test for
+    per-subject metrics."""
 
-    def __init__(self, encoder: NeuroSTORM, head: nn.Module, kind: str, n_classes: int, optim: OptimConfig,
+    def __init__(self, encoder: nn.Module, head: nn.Module, kind: str, n_classes: int, optim: OptimConfig,
                  target_mean: float = 0.0, target_std: float = 1.0, class_weights: np.ndarray | None = None,
                  steps_per_epoch: int = 1) -> None:
         super().__init__()
@@ -93,8 +93,11 @@ class AdaptModule(L.LightningModule):
         self.outputs: dict[str, list] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, X, Y, Z, T) → logits (B, 1 or K), or standardised predictions (B, 1) for regression."""
-        return self.head(self.encoder.encode(fit_to_model(x, self.encoder.config.img_size)))
+        """Clips (B, 1, X, Y, Z, T) or connectivity (B, R, R) → logits (B, 1 or K), or standardised
+        predictions (B, 1) for regression."""
+        if x.ndim == 6:
+            x = fit_to_model(x, self.encoder.config.img_size)
+        return self.head(self.encoder.encode(x))
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "regression":

@@ -1,8 +1,9 @@
-"""Linear probe: a frozen encoder's clip embeddings, extracted once and cached, then scikit-learn.
+"""Linear models on fixed features: the linear probe of a frozen encoder, and the FC + linear baseline.
 
-Logistic regression (classification) or ridge regression (targets in their own units) on standardised
-embeddings, the regularisation chosen by cross-validation over train + val clips grouped by subject (no
-subject in two folds); evaluated per subject on the test split like every other mode.
+Probe: a frozen encoder's clip embeddings, extracted once and cached. FC + linear: the upper triangle of each
+run's Fisher-z FC. Either way a regularised linear model (:func:`neurostorm.models.linear.fit_linear`) is
+fitted on train + val (regularisation by subject-grouped CV) and evaluated per subject on the test split,
+like every other mode.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GridSearchCV, GroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from neurostorm.data.store import write_json_atomic, write_npz_atomic
+from neurostorm.models.baselines.fc_linear import upper_triangle
+from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import LabelledClips, fit_to_model, over_clips
+
+SPLITS = ("train", "val", "test")
 
 
 def embed_split(encoder, data: LabelledClips, split: str) -> dict[str, np.ndarray]:
@@ -34,45 +35,36 @@ def cached_embeddings(encoder, data: LabelledClips, run_dir: Path) -> dict[str, 
     if path.exists():
         with np.load(path, allow_pickle=False) as saved:
             return {split: {k.split("/", 1)[1]: saved[k] for k in saved.files if k.startswith(split + "/")}
-                    for split in ("train", "val", "test")}
-    out = {split: embed_split(encoder, data, split) for split in ("train", "val", "test")}
+                    for split in SPLITS}
+    out = {split: embed_split(encoder, data, split) for split in SPLITS}
     write_npz_atomic(path, {f"{split}/{k}": v for split, cols in out.items() for k, v in cols.items()})
     return out
 
 
 def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
+    """``mode=probe`` on an encoder, or the ``fc-linear`` model; writes the run folder, returns the metrics."""
     from neurostorm.train.run import initial_encoder
 
     data = LabelledClips(config, run_dir)
-    encoder = initial_encoder(config)
     start = time.perf_counter()
-    emb = cached_embeddings(encoder, data, run_dir)
-    fit = {k: np.concatenate([emb["train"][k], emb["val"][k]]) for k in ("output", "subject", "y")}
-    n_folds = min(5, len(np.unique(fit["subject"])))
-    if config.task.kind == "regression":
-        model, grid = make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": np.logspace(-2, 5, 15)}
+    if data.input == "fc":
+        features = {split: over_clips(upper_triangle, data.loader(split)) for split in SPLITS}
+        mode = "fc-linear"
     else:
-        model = make_pipeline(StandardScaler(), LogisticRegression(
-            max_iter=2000, class_weight="balanced" if config.task.class_weights else None))
-        grid = {"logisticregression__C": np.logspace(-4, 2, 13)}
-    search = GridSearchCV(model, grid, cv=GroupKFold(n_folds))
-    search.fit(fit["output"], fit["y"], groups=fit["subject"])
-    test = emb["test"]
-    if config.task.kind == "regression":
-        outputs = search.predict(test["output"])[:, None]
-    else:
-        scores = search.decision_function(test["output"])
-        outputs = scores[:, None] if scores.ndim == 1 else scores
-    n_classes = 1 if config.task.kind == "regression" else len(data.classes)
+        features, mode = cached_embeddings(initial_encoder(config), data, run_dir), "probe"
+    fit = {k: np.concatenate([features["train"][k], features["val"][k]]) for k in ("output", "subject", "y")}
+    kind = config.task.kind
+    search = fit_linear(fit["output"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
+    test = features["test"]
+    outputs = linear_outputs(search, test["output"], kind)
+    n_classes = 1 if kind == "regression" else len(data.classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
     frame.to_csv(run_dir / "predictions.csv", index=False)
-    task = {"kind": config.task.kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
-            "mode": "probe", "best_params": {k: float(v) for k, v in search.best_params_.items()},
-            "train_seconds": time.perf_counter() - start,
-            "trainable_parameters": int(np.size(search.best_estimator_[-1].coef_) +
-                                        np.size(search.best_estimator_[-1].intercept_))}
-    metrics = metrics_with_ci(config.task.kind, n_classes, frame)
+    task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
+            "mode": mode, "best_params": {k: float(v) for k, v in search.best_params_.items()},
+            "train_seconds": time.perf_counter() - start, "trainable_parameters": linear_parameters(search)}
+    metrics = metrics_with_ci(kind, n_classes, frame)
     metrics["task"] = task
     write_json_atomic(run_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    plot_run_figures(config.task.kind, n_classes, frame, data.classes, None, run_dir / "figures")
+    plot_run_figures(kind, n_classes, frame, data.classes, None, run_dir / "figures")
     return metrics

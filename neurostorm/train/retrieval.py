@@ -9,6 +9,9 @@ test subjects' clips: is the clip's stimulus among the k most similar of the tes
 ``reidentification``: one embedding per run (the mean over its clips); each test subject's first run is a
 query against every other run of the test subjects (Rank-1, mAP). ``probe`` uses the frozen encoder;
 ``full``/``prompt`` first train an embedding head with NT-Xent between two clips of the same subject.
+
+A trained run exports its encoder to RUN_DIR/model: re-identification training with τ = 0.1 is the
+contrastive pretraining of SwiFT, and ``model.init=RUN_DIR/model`` fine-tunes from it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from neurostorm.errors import InputError
 from neurostorm.models import EmbeddingHead
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.prompts import prompt_tuning
+from neurostorm.models.weights import save_pretrained
 from neurostorm.tasks.evaluation import rank_histogram
 from neurostorm.tasks.retrieval import image_retrieval, reidentification
 from neurostorm.train.config import ExperimentConfig, OptimConfig
@@ -167,6 +171,7 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
                                    max(1, len(sets["train"]) // data.batch_size))
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         _fit(config, run_dir, module, sets["train"], sets["val"])
+        save_pretrained(encoder, run_dir / "model", preprocessing=store.info)  # e.g. contrastive pretraining
         embed = module
     loader = DataLoader(sets["test"], batch_size=data.batch_size, num_workers=data.num_workers)
     test = over_clips(embed, loader)

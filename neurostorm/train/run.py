@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.models import ClassificationHead, RegressionHead, build_model
+from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_input
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.weights import (
@@ -111,6 +112,7 @@ class SampleRecord(Callback):
 
 def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max") -> L.Trainer:
     t, o = config.trainer, config.optim
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO if t.progress else logging.WARNING)
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
     if t.wandb_project:
         if importlib.util.find_spec("wandb") is None:
@@ -143,11 +145,13 @@ def _resume_path(run_dir: Path, resume: bool) -> Path | None:
     return last if resume else None
 
 
-def initial_encoder(config: ExperimentConfig) -> NeuroSTORM:
-    """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt."""
+def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None) -> NeuroSTORM:
+    """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt. A model that
+    reads connectivity is sized to the atlas of ``data``."""
     m = config.model
     if m.init == "scratch":
-        return build_model(m.name, **m.overrides)
+        sized = {"n_rois": data.datasets["train"].matrices.shape[1]} if data is not None and data.input == "fc" else {}
+        return build_model(m.name, **{**sized, **m.overrides})
     path = Path(m.init)
     if path.is_dir():
         return load_encoder(path, **m.overrides)
@@ -168,6 +172,7 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
                                                                                               "neurostorm-mae-")
     model = build_model(name, **config.model.overrides)
     data = PretrainClips(config, run_dir)
+    model.start_at_intensity(data.mean_intensity(model.config.encoder.img_size))  # a resumed run loads its own
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
     trainer = _trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min")
@@ -200,17 +205,21 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
     if config.data.cv_folds > 1:
         return cross_validate(config, run_dir)
+    connectome = model_input(config.model.name) == "fc"
+    if connectome and (config.task.kind not in ("classification", "regression") or config.mode != "full"):
+        raise InputError("config", f"{config.model.name} reads connectivity: it predicts classification or "
+                                   "regression labels with mode=full")
     if config.task.kind in ("image_retrieval", "reidentification"):
         from neurostorm.train.retrieval import retrieval
 
         return retrieval(config, _start(config, run_dir))
-    if config.mode == "probe":
+    if config.mode == "probe" or config.model.name == "fc-linear":
         from neurostorm.train.probe import linear_probe
 
         return linear_probe(config, _start(config, run_dir))
     run_dir = _start(config, run_dir)
     data = LabelledClips(config, run_dir)
-    encoder = initial_encoder(config)
+    encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
     if config.mode == "prompt":
         print(prompt_tuning(encoder, head, config.prompt_tokens))

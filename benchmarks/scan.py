@@ -1,0 +1,89 @@
+"""The selective scan alone at the base encoder's shapes, ours against what a user would otherwise pick.
+
+Stage 1 of one base sample: 320 windows × 256 tokens, E = 72 channels, N = 16 states; stage 3: 5 windows ×
+256 tokens, E = 288. Scans:
+
+- ``fused``: our numba kernel (``neurostorm.models.scan.selective_scan``), states kept per (window,
+  channel), recomputed in the backward pass;
+- ``loop``: the recurrence as a plain sequential PyTorch loop over time (autograd through it);
+- ``mambapy``: the parallel (Blelloch) scan of the ``mambapy`` package, which materialises (windows, L, E,
+  N) tensors; an optional dependency (``pip install mambapy``), skipped when absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from benchmarks.common import median_seconds, record, rss_mib, run_child, with_ratio
+
+STAGES = {"stage1": (320, 72), "stage3": (5, 288)}  # windows, channels (E)
+LENGTH, STATES = 256, 16
+LOOP_WINDOWS = 80  # the sequential loop is timed on a quarter of stage 1's windows and scaled
+
+
+def mambapy_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's names
+    """The selective scan through mambapy's parallel scan, in its (windows, L, E, N) layout."""
+    from einops import rearrange
+    from mambapy.pscan import pscan
+
+    decay = (rearrange(delta, "w e l -> w l e 1") * A).exp()  # (W, L, E, N)
+    drive = rearrange(delta * u, "w e l -> w l e 1") * B[:, :, None, :]  # (W, L, E, N)
+    states = pscan(decay, drive)  # (W, L, E, N)
+    y = (states @ C[:, :, :, None]).squeeze(-1)  # (W, L, E)
+    return rearrange(y, "w l e -> w e l") + D[:, None] * u
+
+
+def scan_inputs(windows: int, channels: int, requires_grad: bool):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(windows, channels, LENGTH, generator=g),
+              torch.rand(windows, channels, LENGTH, generator=g) * 0.1 + 1e-3,
+              -torch.rand(channels, STATES, generator=g) * 4,
+              torch.randn(windows, LENGTH, STATES, generator=g), torch.randn(windows, LENGTH, STATES, generator=g),
+              torch.randn(channels, generator=g)]
+    return [t.requires_grad_(requires_grad) for t in inputs]
+
+
+def measure(kind: str, stage: str, mode: str, windows: int | None, repeats: int) -> dict:
+    import torch
+
+    from neurostorm.models.scan import selective_scan, selective_scan_reference
+
+    scan = {"fused": selective_scan, "loop": selective_scan_reference, "mambapy": mambapy_scan}[kind]
+    full_windows, channels = STAGES[stage]
+    windows = windows or full_windows
+    inputs = scan_inputs(windows, channels, requires_grad=mode == "fwd+bwd")
+    baseline = rss_mib()
+
+    def step():
+        if mode == "forward":
+            with torch.no_grad():
+                scan(*inputs)
+            return
+        for t in inputs:
+            t.grad = None
+        scan(*inputs).sum().backward()
+
+    seconds = median_seconds(step, repeats)
+    return record(f"scan-{stage}-{kind}-{mode}", [windows, LENGTH, channels, STATES], seconds, baseline,
+                  windows_measured=windows)
+
+
+def run(quick: bool) -> list[dict]:
+    """Every scan at both stages, forward and forward+backward. ``ratio`` of a row: its seconds over our
+    fused kernel's at the same shape (how many times faster ours is)."""
+    repeats = 2 if quick else 3
+    kinds = ["fused", "loop"] + (["mambapy"] if importlib.util.find_spec("mambapy") else [])
+    results = []
+    for stage, (windows, _) in STAGES.items():
+        for mode in ("forward", "fwd+bwd"):
+            rows = []
+            for kind in kinds:
+                subset = LOOP_WINDOWS if kind == "loop" and windows > LOOP_WINDOWS else None
+                row = run_child("scan", "measure", kind, stage, mode, subset, 1 if kind == "loop" else repeats)
+                if subset:  # a sequential loop's cost grows linearly in windows
+                    row = {**row, "seconds": row["seconds"] * windows / subset, "scaled_from_windows": subset}
+                rows.append(row)
+            results += [with_ratio(row, rows[0], "times slower than fused") for row in rows]
+    return results

@@ -1,0 +1,2 @@
+"""The baselines of the NeuroSTORM comparisons: SwiFT on volumes; BrainNetCNN, BNT, BrainGNN and FC + linear on
+connectivity matrices."""

@@ -1,0 +1,161 @@
+"""Several methods on one task under one protocol: the same subject split, the same ROI folder, the same
+metrics with 95 % CIs over subjects. ``neurostorm compare`` and the demo report build their tables here.
+
+A method is written ``MODEL[@INIT][:MODE]``: ``neurostorm-tiny`` (from scratch, full fine-tuning),
+``neurostorm-tiny@runs/pretrain/model:prompt``, ``fc-linear``, ``bnt``. Each runs as an ordinary fine-tuning
+run in OUT/runs/<label> (its ``config.yaml`` reruns it alone); OUT/task.yaml is the task as run, so
+``neurostorm compare --task OUT/task.yaml --models ... --out OUT`` reruns the whole table. OUT/table.md,
+OUT/table.csv and OUT/comparison.png hold the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from neurostorm.errors import InputError
+from neurostorm.models import model_input
+from neurostorm.tasks.evaluation import paired_difference
+from neurostorm.train.config import ExperimentConfig, save_config
+
+METRICS = {"classification": ("balanced_accuracy", "auroc"), "regression": ("pearson_r", "mae"),
+           "task_state": ("balanced_accuracy",), "image_retrieval": ("top1", "top5"),
+           "reidentification": ("rank1", "mAP")}
+MODES = ("full", "prompt", "probe")
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    model: str
+    init: str = "scratch"
+    mode: str = "full"
+
+    @classmethod
+    def parse(cls, spec: str, label: str | None = None) -> Method:
+        """``MODEL[@INIT][:MODE]`` (MODE one of full, prompt, probe)."""
+        head, _, mode = spec.rpartition(":") if spec.rsplit(":", 1)[-1] in MODES else (spec, "", "full")
+        model, _, init = head.partition("@")
+        model_input(model)  # refuses an unknown name
+        return cls(label or spec, model, init or "scratch", mode or "full")
+
+    def applies_to(self, kind: str) -> bool:
+        """Connectome models predict subject labels only, by their own training (no prompt or probe)."""
+        return model_input(self.model) == "clips" or (kind in ("classification", "regression") and self.mode == "full")
+
+    def configure(self, config: ExperimentConfig) -> ExperimentConfig:
+        model = dataclasses.replace(config.model, name=self.model, init=self.init)
+        return dataclasses.replace(config, model=model, mode=self.mode)
+
+
+def run_folder_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+
+
+def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, progress: bool = True
+            ) -> pd.DataFrame:
+    """Run every method on the task of ``config``; returns the table (one row per method)."""
+    from neurostorm.train.run import finetune
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.replace(config.data, split_file=config.data.split_file or str(out / "split.json"),
+                               roi_dir=config.data.roi_dir or str(out / f"roi-{run_folder_name(config.data.atlas)}"))
+    config = dataclasses.replace(config, data=data)
+    save_config(config, out / "task.yaml")
+    kind, rows = config.task.kind, []
+    bar = tqdm(methods, desc=f"compare {kind}", unit="method", disable=not progress)
+    for method in bar:
+        bar.set_postfix_str(method.label)
+        row = {"method": method.label, "model": method.model, "init": method.init, "mode": method.mode}
+        if not method.applies_to(kind):
+            rows.append({**row, "note": f"not applicable to {kind} / mode {method.mode}"})
+            continue
+        folder = out / "runs" / run_folder_name(method.label)
+        start = time.perf_counter()
+        metrics = finetune(method.configure(config), folder)
+        row.update(seconds=time.perf_counter() - start, run=str(folder),
+                   command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
+                   trainable_parameters=metrics["task"].get("trainable_parameters"), note="")
+        for name in METRICS[kind]:
+            row.update({name: metrics[name]["value"], f"{name}_ci_low": metrics[name]["ci_low"],
+                        f"{name}_ci_high": metrics[name]["ci_high"]})
+            row[f"{name}_chance"] = metrics.get("chance", {}).get(name, 0.0 if name == "pearson_r" else np.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown_table(table, kind) + "\n")
+    plot_comparison(table, kind, out / "comparison.png")
+    return table
+
+
+def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, str]]) -> list[dict]:
+    """For each (A, B) of method labels that both ran: A's headline metric minus B's on the same test
+    subjects, with its paired-bootstrap 95 % CI. Retrieval runs keep no per-clip predictions: none there."""
+    if kind not in ("classification", "regression", "task_state"):
+        return []
+    metric, runs = METRICS[kind][0], {r["method"]: r.get("run") for r in table.to_dict("records")}
+    differences = []
+    for a, b in pairs:
+        if not (isinstance(runs.get(a), str) and isinstance(runs.get(b), str)):
+            continue
+        frames = [pd.read_csv(Path(runs[m]) / "predictions.csv", dtype={"subject": str}) for m in (a, b)]
+        n_classes = json.loads((Path(runs[a]) / "metrics.json").read_text())["task"].get("n_classes", 1)
+        differences.append({"a": a, "b": b, "metric": metric,
+                            **paired_difference(kind, n_classes, frames[0], frames[1], metric)})
+    return differences
+
+
+def markdown_table(table: pd.DataFrame, kind: str) -> str:
+    """One line per method: each metric as value [95 % CI], chance, trained parameters, seconds."""
+    metrics = METRICS[kind]
+    lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + " | chance | trained parameters | "
+             "seconds |", "|---" * (len(metrics) + 4) + "|"]
+    for row in table.to_dict("records"):
+        if row.get("note"):
+            lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | {row['note']} |")
+            continue
+        cells = [f"{row[m]:.3f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]" for m in metrics]
+        chance = row[f"{metrics[0]}_chance"]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {'' if pd.isna(chance) else f'{chance:.3f}'}"
+                     f" | {int(row['trainable_parameters'] or 0):,} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
+    """The headline metric of each method with its 95 % CI, chance as a dashed line."""
+    metric = METRICS[kind][0]
+    done = table[table["note"].fillna("") == ""] if "note" in table else table
+    fig = Figure(figsize=(max(5.0, 1.1 * len(done) + 2), 4))
+    ax = fig.subplots()
+    if len(done):
+        values = done[metric].to_numpy(float)
+        errors = np.abs(np.stack([values - done[f"{metric}_ci_low"].to_numpy(float),
+                                  done[f"{metric}_ci_high"].to_numpy(float) - values]))
+        ax.bar(range(len(done)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(done)), done["method"].tolist(), rotation=20, ha="right")
+        chance = done[f"{metric}_chance"].dropna()
+        if len(chance):
+            ax.axhline(float(chance.iloc[0]), color="grey", ls="--", lw=1, label="chance")
+            ax.legend()
+    ax.set(ylabel=metric.replace("_", " "), title=f"{kind.replace('_', ' ')}: {metric} with 95 % CI")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def parse_methods(specs: str) -> list[Method]:
+    methods = [Method.parse(s.strip()) for s in specs.split(",") if s.strip()]
+    if not methods:
+        raise InputError("--models", "give at least one model")
+    return methods

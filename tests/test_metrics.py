@@ -1,0 +1,63 @@
+"""Per-subject metrics with bootstrap CIs, and paired differences between two methods."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from neurostorm.tasks.evaluation import metrics_with_ci, paired_difference
+from neurostorm.tasks.metrics import classification_metrics, probabilities
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_classification_metrics_equal_scikit_learn(n_classes):
+    rng = np.random.default_rng(n_classes)
+    for n in (7, 40):
+        targets = rng.integers(0, n_classes, n)
+        logits = np.round(rng.standard_normal((n, 1 if n_classes == 2 else n_classes)), 1)  # ties included
+        logits[: n // 3] += 1.5 * np.eye(n_classes)[targets[: n // 3]][:, -logits.shape[1]:]
+        ours = classification_metrics(logits, targets, n_classes)
+        predicted = probabilities(logits).argmax(1)
+        expected = {"accuracy": skm.accuracy_score(targets, predicted),
+                    "balanced_accuracy": skm.balanced_accuracy_score(targets, predicted),
+                    "f1_macro": skm.f1_score(targets, predicted, average="macro", labels=list(range(n_classes)),
+                                             zero_division=0)}
+        if len(np.unique(targets)) == n_classes:
+            prob = probabilities(logits)
+            expected["auroc"] = (skm.roc_auc_score(targets, prob[:, 1]) if n_classes == 2 else
+                                 skm.roc_auc_score(targets, prob, multi_class="ovr"))
+        assert ours.keys() == expected.keys()
+        assert ours == pytest.approx(expected, abs=1e-12)
+
+
+def predictions(logits: np.ndarray, targets: np.ndarray, clips_per_subject: int = 3) -> pd.DataFrame:
+    """Binary logits per subject, repeated over its clips, as a predictions.csv table."""
+    n = len(targets)
+    return pd.DataFrame({"subject": np.repeat([f"{i:02d}" for i in range(n)], clips_per_subject),
+                         "run_id": 0, "start": np.tile(np.arange(clips_per_subject), n),
+                         "y": np.repeat(targets, clips_per_subject), "out_0": np.repeat(logits, clips_per_subject)})
+
+
+def test_paired_difference_is_tighter_than_either_interval():
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 20)
+    noisy = np.where(rng.random(40) < 0.7, 2 * y - 1, 1 - 2 * y).astype(float)  # about 70 % right
+    better = noisy.copy()
+    wrong = np.flatnonzero(np.sign(noisy) != 2 * y - 1)[:3]
+    better[wrong] *= -1  # three subjects corrected, all else identical
+    a, b = predictions(better, y), predictions(noisy, y)
+    difference = paired_difference("classification", 2, a, b, "accuracy")
+    each = [metrics_with_ci("classification", 2, f)["accuracy"] for f in (a, b)]
+    assert difference["value"] == pytest.approx(3 / 40)
+    assert 0 <= difference["ci_low"] <= difference["value"] <= difference["ci_high"]
+    assert difference["ci_high"] - difference["ci_low"] < min(e["ci_high"] - e["ci_low"] for e in each)
+    same = paired_difference("classification", 2, a, a, "accuracy")
+    assert same == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+
+
+def test_paired_difference_refuses_different_test_subjects():
+    y = np.array([0, 1, 0, 1])
+    b = predictions(np.ones(4), y)
+    b["subject"] = b["subject"].str.replace("03", "99")
+    with pytest.raises(ValueError, match="same test subjects"):
+        paired_difference("classification", 2, predictions(np.ones(4), y), b, "accuracy")
