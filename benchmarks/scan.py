@@ -6,8 +6,9 @@ Stage 1 of one base sample: 320 windows × 256 tokens, E = 72 channels, N = 16 s
 - ``fused``: our numba kernel (``neurostorm.models.scan.selective_scan``), states kept per (window,
   channel), recomputed in the backward pass;
 - ``loop``: the recurrence as a plain sequential PyTorch loop over time (autograd through it);
-- ``mambapy``: the parallel (Blelloch) scan of the ``mambapy`` package, which materialises (windows, L, E,
-  N) tensors; an optional dependency (``pip install mambapy``), skipped when absent.
+- ``mambapy``: ``mambapy``'s selective scan (its parallel Blelloch scan), given inputs in its own (windows,
+  L, E) layout; it materialises (windows, L, E, N) tensors. An optional dependency (``pip install
+  mambapy``), skipped when absent.
 """
 
 from __future__ import annotations
@@ -22,18 +23,14 @@ LOOP_WINDOWS = 80  # the sequential loop is timed on a quarter of stage 1's wind
 
 
 def mambapy_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's names
-    """The selective scan through mambapy's parallel scan, in its (windows, L, E, N) layout."""
-    from einops import rearrange
-    from mambapy.pscan import pscan
+    """mambapy's own selective scan (parallel scan over (windows, L, E, N) tensors); u, delta: (W, L, E)."""
+    from mambapy.mamba import MambaBlock
 
-    decay = (rearrange(delta, "w e l -> w l e 1") * A).exp()  # (W, L, E, N)
-    drive = rearrange(delta * u, "w e l -> w l e 1") * B[:, :, None, :]  # (W, L, E, N)
-    states = pscan(decay, drive)  # (W, L, E, N)
-    y = (states @ C[:, :, :, None]).squeeze(-1)  # (W, L, E)
-    return rearrange(y, "w l e -> w e l") + D[:, None] * u
+    return MambaBlock.selective_scan(None, u, delta, A, B, C, D)  # uses no attribute of the block
 
 
-def scan_inputs(windows: int, channels: int, requires_grad: bool):
+def scan_inputs(windows: int, channels: int, requires_grad: bool, channels_last: bool = False):
+    """u, delta (W, E, L) — or (W, L, E), contiguous, for ``channels_last`` — A (E, N), B, C (W, L, N), D (E,)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -42,6 +39,8 @@ def scan_inputs(windows: int, channels: int, requires_grad: bool):
               -torch.rand(channels, STATES, generator=g) * 4,
               torch.randn(windows, LENGTH, STATES, generator=g), torch.randn(windows, LENGTH, STATES, generator=g),
               torch.randn(channels, generator=g)]
+    if channels_last:
+        inputs[:2] = [t.transpose(1, 2).contiguous() for t in inputs[:2]]
     return [t.requires_grad_(requires_grad) for t in inputs]
 
 
@@ -53,7 +52,7 @@ def measure(kind: str, stage: str, mode: str, windows: int | None, repeats: int)
     scan = {"fused": selective_scan, "loop": selective_scan_reference, "mambapy": mambapy_scan}[kind]
     full_windows, channels = STAGES[stage]
     windows = windows or full_windows
-    inputs = scan_inputs(windows, channels, requires_grad=mode == "fwd+bwd")
+    inputs = scan_inputs(windows, channels, requires_grad=mode == "fwd+bwd", channels_last=kind == "mambapy")
     baseline = rss_mib()
 
     def step():
@@ -83,7 +82,7 @@ def run(quick: bool) -> list[dict]:
                 subset = LOOP_WINDOWS if kind == "loop" and windows > LOOP_WINDOWS else None
                 row = run_child("scan", "measure", kind, stage, mode, subset, 1 if kind == "loop" else repeats)
                 if subset:  # a sequential loop's cost grows linearly in windows
-                    row = {**row, "seconds": row["seconds"] * windows / subset, "scaled_from_windows": subset}
+                    row = {**row, "seconds": row["seconds"] * windows / subset, "shape": [windows, *row["shape"][1:]]}
                 rows.append(row)
             results += [with_ratio(row, rows[0], "times slower than fused") for row in rows]
     return results

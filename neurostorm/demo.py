@@ -40,7 +40,7 @@ METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{p
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear")]
 SIZES = {"quick": DemoSize(subjects=16, frames=24, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear")),
-         "default": DemoSize(subjects=60, frames=24, pretrain_epochs=4, pretrain_clips=240, epochs=2,
+         "default": DemoSize(subjects=50, frames=24, pretrain_epochs=3, pretrain_clips=200, epochs=2,
                              methods=tuple(METHODS))}
 
 FAMILIES = [  # (family, store, task overrides)
@@ -86,7 +86,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         _cli(["preprocess", *runs, "--out", str(out / f"store-{name}"), "--grid", "mni152-fsl-4mm-48",
               "--workers", "2", "--labels", str(bids / "participants.tsv"), "--quiet"])
     _stage("preprocess", stages, start)
-    common = [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]", "trainer.progress=false"]
+    common = [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]"]
     start = time.perf_counter()
     pretrain = ["pretrain", "--config", "tiny", *common, "optim.lr=3e-3", f"optim.epochs={size.pretrain_epochs}",
                 f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.pretrain_clips}}}]",
@@ -99,11 +99,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     for family, store, task in FAMILIES:
         start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
-        overrides = [*common, f"optim.epochs={size.epochs}", f"data.stores=[{out / f'store-{store}'}]",
-                     f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
+        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}",
+                     f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
         config = load_config("tiny", overrides)
-        table = compare(config, methods, folder)
+        table = compare(config, methods, folder)  # one progress bar per family
         kind = config.task.kind
         specs = ",".join(METHODS[label].format(pretrained=pretrained) for label in size.methods)
         families[family] = {"kind": kind, "folder": str(folder), "table": table,
