@@ -46,13 +46,15 @@ def _cmd_roi(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from neurostorm.data.simulate import CohortConfig, simulate_cohort
 
-    config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames, tr=args.tr,
-                          voxel_mm=args.voxel_mm, orientation=args.orientation, sites=args.sites,
+    config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames,
+                          task_frames=args.task_frames, tr=args.tr, voxel_mm=args.voxel_mm,
+                          orientation=args.orientation, sites=args.sites,
                           task_runs=args.task_runs, stimulus_runs=args.stimulus_runs, n_images=args.images,
                           seed=args.seed)
     participants = simulate_cohort(args.out, config)
     print(f"{args.out}: {len(participants)} subjects at {args.sites} site(s); per subject {args.runs} resting, "
-          f"{args.task_runs} task and {args.stimulus_runs} stimulus run(s) of {args.frames} frames (TR {args.tr:g} s)")
+          f"{args.task_runs} task and {args.stimulus_runs} stimulus run(s); {args.frames} resting / "
+          f"{args.task_frames or args.frames} task frames (TR {args.tr:g} s)")
     return 0
 
 
@@ -205,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--stimulus-runs", type=int, default=0, help="image runs; embeddings in stimuli.npz")
     sim.add_argument("--images", type=int, default=12, help="images shown in a stimulus run")
     sim.add_argument("--sites", type=int, default=3)
-    sim.add_argument("--frames", type=int, default=60)
+    sim.add_argument("--frames", type=int, default=60, help="frames per resting run")
+    sim.add_argument("--task-frames", type=int, default=None, help="frames per task / stimulus run (default: --frames)")
     sim.add_argument("--tr", type=float, default=2.0, help="seconds")
     sim.add_argument("--voxel-mm", type=float, default=2.0)
     sim.add_argument("--orientation", choices=("RAS", "LAS"), default="RAS")

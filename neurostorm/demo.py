@@ -27,7 +27,8 @@ from neurostorm.train.config import load_config
 @dataclass(frozen=True)
 class DemoSize:
     subjects: int
-    frames: int  # per simulated run at TR 2 s
+    frames: int  # per simulated resting run at TR 2 s
+    task_frames: int  # per block-design and image run
     pretrain_epochs: int
     pretrain_clips: int  # per epoch
     epochs: int  # of every adaptation run
@@ -38,9 +39,9 @@ METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{p
            "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
            "FC + linear": "fc-linear"}
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear")]
-SIZES = {"quick": DemoSize(subjects=16, frames=24, pretrain_epochs=2, pretrain_clips=32, epochs=1,
+SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=60, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear")),
-         "default": DemoSize(subjects=50, frames=24, pretrain_epochs=3, pretrain_clips=200, epochs=2,
+         "default": DemoSize(subjects=50, frames=24, task_frames=60, pretrain_epochs=3, pretrain_clips=200, epochs=2,
                              methods=tuple(METHODS))}
 
 FAMILIES = [  # (family, store, task overrides)
@@ -74,7 +75,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     out = Path(out)
     size = SIZES["quick" if quick else "default"]
     cohort = CohortConfig(subjects=subjects or size.subjects, runs=2, task_runs=1, stimulus_runs=1, n_images=8,
-                          n_frames=size.frames, voxel_mm=4.0, seed=seed)
+                          n_frames=size.frames, task_frames=size.task_frames, voxel_mm=4.0, seed=seed)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     bids = out / "bids"

@@ -1,5 +1,7 @@
 """The simulated cohort: deterministic, with ground truth, sites, task and stimulus runs that the pipeline reads."""
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -32,10 +34,12 @@ def test_simulated_cohort_is_deterministic_and_complete(tmp_path):
 
 
 def test_simulated_task_runs_go_through_preprocessing_into_labelled_clips(tmp_path):
-    simulate_cohort(tmp_path / "bids", CONFIG)
+    simulate_cohort(tmp_path / "bids", dataclasses.replace(CONFIG, task_frames=70))
     result = preprocess([tmp_path / "bids"], tmp_path / "store", PreprocessConfig(grid="mni152-fsl-4mm-48"),
                         workers=2, progress=False)
     assert not result.failures and len(result.records) == 3 * 4
+    frames = {r["run_id"].split("_task-")[1].split("_")[0]: r["n_frames"] for r in result.records}
+    assert frames == {"rest": 123, "objects": 173, "images": 173}  # (n − 1) · 2 s / 0.8 s + 1 for n = 50, 70
     clips = EventClipDataset(tmp_path / "store", sequence_length=8, exclude=[f"image{k:02d}" for k in range(1, 7)])
     assert clips.classes == ["faces", "houses", "tools"] and len(clips) >= 3 * 3
     assert clips[0]["x"].shape == (1, 48, 48, 48, 8)

@@ -38,7 +38,8 @@ CONDITIONS = {"faces": [(40, -52, -18), (-40, -52, -18)], "houses": [(28, -44, -
 class CohortConfig:
     subjects: int = 8
     runs: int = 1  # resting runs per subject
-    n_frames: int = 60
+    n_frames: int = 60  # per resting run
+    task_frames: int | None = None  # per task and stimulus run; None: n_frames
     tr: float = 2.0  # seconds
     voxel_mm: float = 2.0  # 2 gives fMRIPrep's res-2 grid (97×115×97)
     orientation: str = "RAS"  # "RAS" (fMRIPrep) or "LAS" (FSL)
@@ -215,23 +216,26 @@ def simulate_cohort(out: str | Path, config: CohortConfig | None = None) -> pd.D
     participants.to_csv(out / "participants.tsv", sep="\t", index=False)
     if config.stimulus_runs:
         np.savez(out / "stimuli.npz", names=np.array(image_names), embeddings=embeddings)
+    task_frames = config.task_frames or config.n_frames
     for row in participants.itertuples():
         cov, amplitudes = _subject_covariance(len(networks), row, rng)
         run_signal = partial(_run_signal, shared, config, np.linalg.cholesky(cov), amplitudes, scanners[row.site],
                              rng)
         func = out / row.participant_id / "func"
         for run in range(1, config.runs + 1):
-            _write_run(func, f"{row.participant_id}_task-rest_run-{run}", run_signal(), brain, grid, config)
+            _write_run(func, f"{row.participant_id}_task-rest_run-{run}", run_signal(config.n_frames), brain, grid,
+                       config)
         for run in range(1, config.task_runs + 1):
             names = list(CONDITIONS)
-            events, boxcars = _blocks(names, config.n_frames, config.tr, 12.0, 8.0, rng)
+            events, boxcars = _blocks(names, task_frames, config.tr, 12.0, 8.0, rng)
             task = 2.0 * np.stack([conditions[n] for n in names], axis=1) @ _convolved(boxcars, hrf)
-            _write_run(func, f"{row.participant_id}_task-objects_run-{run}", run_signal(task), brain, grid, config,
-                       events)
+            _write_run(func, f"{row.participant_id}_task-objects_run-{run}", run_signal(task_frames, task), brain,
+                       grid, config, events)
         for run in range(1, config.stimulus_runs + 1):
-            events, boxcars = _blocks(image_names, config.n_frames, config.tr, 6.0, 4.0, rng)
-            _write_run(func, f"{row.participant_id}_task-images_run-{run}", run_signal(patterns @ _convolved(
-                boxcars, hrf)), brain, grid, config, events)
+            events, boxcars = _blocks(image_names, task_frames, config.tr, 6.0, 4.0, rng)
+            response = patterns @ _convolved(boxcars, hrf)
+            _write_run(func, f"{row.participant_id}_task-images_run-{run}", run_signal(task_frames, response), brain,
+                       grid, config, events)
     return participants
 
 
@@ -247,9 +251,10 @@ class _Shared:
 
 
 def _run_signal(shared: _Shared, config: CohortConfig, chol: np.ndarray, amplitudes: np.ndarray, scanner: _Scanner,
-                rng: np.random.Generator, task_percent: np.ndarray | None = None) -> np.ndarray:
-    """One run in scanner units (V_brain, T): networks + task + drift + physiology + noise + motion spikes."""
-    t_total, n_pad = config.n_frames, len(shared.hrf)
+                rng: np.random.Generator, t_total: int, task_percent: np.ndarray | None = None) -> np.ndarray:
+    """One run of ``t_total`` frames in scanner units (V_brain, T): networks + task + drift + physiology +
+    noise + motion spikes."""
+    n_pad = len(shared.hrf)
     latent = chol @ rng.standard_normal((len(chol), t_total + n_pad))
     courses = np.stack([np.convolve(c, shared.hrf)[n_pad:n_pad + t_total] for c in latent])
     courses *= amplitudes[:, None] / courses.std(axis=1, keepdims=True)
