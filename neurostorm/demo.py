@@ -39,7 +39,7 @@ METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{p
            "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
            "FC + linear": "fc-linear"}
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear")]
-SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=60, pretrain_epochs=2, pretrain_clips=32, epochs=1,
+SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear")),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
                              methods=tuple(METHODS))}
