@@ -53,6 +53,12 @@ def model_input(name: str) -> str:
     return INPUTS[name]
 
 
+def model_applies(name: str, kind: str, mode: str) -> bool:
+    """Whether the named model can run task ``kind`` in adaptation ``mode``: models that read clips run
+    every task and mode; connectome models predict subject labels by their own training (``full``)."""
+    return model_input(name) == "clips" or (kind in ("classification", "regression") and mode == "full")
+
+
 def _encoder(preset: str) -> Callable[..., NeuroSTORM]:
     return lambda **overrides: NeuroSTORM(replace(ENCODER_PRESETS[preset], **overrides))
 
@@ -107,4 +113,4 @@ def build_model(name: str, **overrides) -> nn.Module:
 
 __all__ = ["BNT", "MODELS", "STORM", "BrainGNN", "BrainNetCNN", "ClassificationHead", "EmbeddingHead", "FCLinear",
            "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead", "STORMConfig", "SwiFT", "build_model",
-           "count_parameters", "model_input", "register_model"]
+           "count_parameters", "model_applies", "model_input", "register_model"]

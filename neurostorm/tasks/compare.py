@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from neurostorm.errors import InputError
-from neurostorm.models import model_input
+from neurostorm.models import model_applies, model_input
 from neurostorm.tasks.evaluation import paired_difference
 from neurostorm.train.config import ExperimentConfig, save_config
 
@@ -49,8 +49,7 @@ class Method:
         return cls(label or spec, model, init or "scratch", mode or "full")
 
     def applies_to(self, kind: str) -> bool:
-        """Connectome models predict subject labels only, by their own training (no prompt or probe)."""
-        return model_input(self.model) == "clips" or (kind in ("classification", "regression") and self.mode == "full")
+        return model_applies(self.model, kind, self.mode)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
         model = dataclasses.replace(config.model, name=self.model, init=self.init)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_input
+from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_applies
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.weights import (
@@ -205,8 +205,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
     if config.data.cv_folds > 1:
         return cross_validate(config, run_dir)
-    connectome = model_input(config.model.name) == "fc"
-    if connectome and (config.task.kind not in ("classification", "regression") or config.mode != "full"):
+    if not model_applies(config.model.name, config.task.kind, config.mode):
         raise InputError("config", f"{config.model.name} reads connectivity: it predicts classification or "
                                    "regression labels with mode=full")
     if config.task.kind in ("image_retrieval", "reidentification"):
