@@ -3,8 +3,9 @@
 Stage 1 of one base sample: 320 windows × 256 tokens, E = 72 channels, N = 16 states; stage 3: 5 windows ×
 256 tokens, E = 288. Scans:
 
-- ``fused``: our numba kernel (``neurostorm.models.scan.selective_scan``), states kept per (window,
-  channel), recomputed in the backward pass;
+- ``fused``: our numba kernel (``neurostorm.models.scan.selective_scan``), vectorised over channels, the
+  states of a window kept in a per-thread buffer and recomputed chunk by chunk in the backward pass; given
+  u and delta as (W, E, L) views of (W, L, E) tensors, as the Mamba layer passes them;
 - ``loop``: the recurrence as a plain sequential PyTorch loop over time (autograd through it);
 - ``mambapy``: ``mambapy``'s selective scan (its parallel Blelloch scan), given inputs in its own (windows,
   L, E) layout; it materialises (windows, L, E, N) tensors. An optional dependency (``pip install
@@ -29,18 +30,16 @@ def mambapy_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's names
     return MambaBlock.selective_scan(None, u, delta, A, B, C, D)  # uses no attribute of the block
 
 
-def scan_inputs(windows: int, channels: int, requires_grad: bool, channels_last: bool = False):
-    """u, delta (W, E, L) — or (W, L, E), contiguous, for ``channels_last`` — A (E, N), B, C (W, L, N), D (E,)."""
+def scan_inputs(windows: int, channels: int, requires_grad: bool):
+    """Leaf tensors u, delta (W, L, E), A (E, N), B, C (W, L, N), D (E,)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(windows, channels, LENGTH, generator=g),
-              torch.rand(windows, channels, LENGTH, generator=g) * 0.1 + 1e-3,
+    inputs = [torch.randn(windows, LENGTH, channels, generator=g),
+              torch.rand(windows, LENGTH, channels, generator=g) * 0.1 + 1e-3,
               -torch.rand(channels, STATES, generator=g) * 4,
               torch.randn(windows, LENGTH, STATES, generator=g), torch.randn(windows, LENGTH, STATES, generator=g),
               torch.randn(channels, generator=g)]
-    if channels_last:
-        inputs[:2] = [t.transpose(1, 2).contiguous() for t in inputs[:2]]
     return [t.requires_grad_(requires_grad) for t in inputs]
 
 
@@ -52,17 +51,23 @@ def measure(kind: str, stage: str, mode: str, windows: int | None, repeats: int)
     scan = {"fused": selective_scan, "loop": selective_scan_reference, "mambapy": mambapy_scan}[kind]
     full_windows, channels = STAGES[stage]
     windows = windows or full_windows
-    inputs = scan_inputs(windows, channels, requires_grad=mode == "fwd+bwd", channels_last=kind == "mambapy")
+    inputs = scan_inputs(windows, channels, requires_grad=mode == "fwd+bwd")
     baseline = rss_mib()
+
+    def run_scan():
+        u, delta, *rest = inputs
+        if kind != "mambapy":  # (W, E, L) views
+            u, delta = u.transpose(1, 2), delta.transpose(1, 2)
+        return scan(u, delta, *rest)
 
     def step():
         if mode == "forward":
             with torch.no_grad():
-                scan(*inputs)
+                run_scan()
             return
         for t in inputs:
             t.grad = None
-        scan(*inputs).sum().backward()
+        run_scan().sum().backward()
 
     seconds = median_seconds(step, repeats)
     return record(f"scan-{stage}-{kind}-{mode}", [windows, LENGTH, channels, STATES], seconds, baseline,

@@ -18,7 +18,7 @@ def scan_inputs(n_seq, channels, length, states, dtype=torch.float64, seed=0):
     return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 17, 4), (2, 8, 1, 16), (4, 6, 64, 16), (1, 3, 256, 16)])
+@pytest.mark.parametrize("shape", [(3, 5, 17, 4), (2, 8, 1, 16), (4, 6, 64, 16), (1, 3, 256, 16), (2, 7, 130, 16)])
 def test_scan_matches_sequential_reference_values_and_gradients(shape):
     inputs = scan_inputs(*shape)
     y, y_ref = selective_scan(*inputs), selective_scan_reference(*inputs)

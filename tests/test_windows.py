@@ -8,9 +8,11 @@ from neurostorm.models.windows import (
     PatchExpanding,
     PatchMerging,
     WindowLayout,
+    grid_to_windows,
     roll_grid,
     window_partition,
     window_reverse,
+    windows_to_grid,
 )
 
 
@@ -42,6 +44,20 @@ def test_shift_round_trip_and_wrap_around():
     assert shifted[0, -1, -1, -1, -1].tolist() == [1, 1, 1, 1]  # the near edge wraps to the far end
     assert torch.equal(roll_grid(shifted, (2, 2, 2, 2), reverse=True), x)
     assert roll_grid(x, (0, 0, 0, 0)) is x
+
+
+def test_window_gather_equals_roll_then_partition_and_is_inverted_with_its_gradient():
+    x = torch.randn(2, 8, 4, 8, 12, 3, dtype=torch.float64, requires_grad=True)
+    for shifted in (False, True):
+        layout = WindowLayout.for_grid((8, 4, 8, 12), (4, 4, 4, 4), shifted)
+        windows = grid_to_windows(x, layout)
+        assert torch.equal(windows, window_partition(roll_grid(x, layout.shift), layout.window))
+        assert torch.equal(windows_to_grid(windows, layout), x)
+        weights = torch.randn_like(windows)
+        (grad,) = torch.autograd.grad((windows * weights).sum(), x)
+        expected = roll_grid(window_reverse(weights, layout.window, layout.grid), layout.shift, reverse=True)
+        assert torch.equal(grad, expected)
+    assert torch.autograd.gradcheck(lambda t: windows_to_grid(t, layout) * 2, (windows.detach().requires_grad_(),))
 
 
 def test_base_model_window_layouts_match_the_paper():

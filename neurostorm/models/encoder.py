@@ -28,9 +28,8 @@ from neurostorm.models.windows import (
     PositionalEmbedding,
     Size4,
     WindowLayout,
-    roll_grid,
-    window_partition,
-    window_reverse,
+    grid_to_windows,
+    windows_to_grid,
 )
 
 
@@ -135,14 +134,14 @@ class WindowBlock(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The mixer over a (B, D, H, W, T, C) grid; prompts prepended to every window, outputs dropped."""
         layout = WindowLayout.for_grid(tuple(x.shape[1:5]), self.window, self.shifted)
-        windows = window_partition(roll_grid(x, layout.shift), layout.window)  # (B·nW, n, C)
+        windows = grid_to_windows(x, layout)  # (B·nW, n, C)
         n_prompts = 0 if self.prompt is None else self.prompt.shape[0]
         if n_prompts:
             windows = torch.cat([self.prompt.expand(windows.shape[0], -1, -1).to(windows.dtype), windows], dim=1)
         out = self.mix_windows(windows, layout, n_prompts)[:, n_prompts:]  # (B·nW, n, C)
         if self.use_strd and self.training:
             out = strd(out, layout.window)
-        return roll_grid(window_reverse(out, layout.window, layout.grid), layout.shift, reverse=True)
+        return windows_to_grid(out, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.mix(self.norm1(x)), self.drop_rate, self.training)

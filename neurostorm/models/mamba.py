@@ -82,15 +82,25 @@ class Mamba(nn.Module):
             return lambda *args: selective_scan(*(a.cpu() for a in args)).to(u.device)
         return selective_scan
 
+    def causal_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise causal convolution over time + SiLU: (B, L, E) → (B, L, E).
+
+        Run as a 2-D convolution on the channels-last view (B, E, 1, L) of the (B, L, E) tokens, so neither
+        the input nor the output is transposed in memory; the weights stay ``conv1d``'s (E, 1, K).
+        """
+        length = x.shape[1]
+        y = F.conv2d(rearrange(x, "b l e -> b e 1 l"), self.conv1d.weight.unsqueeze(2), self.conv1d.bias,
+                     padding=(0, self.d_conv - 1), groups=self.d_inner)  # (B, E, 1, L + K − 1)
+        return F.silu(rearrange(y[..., :length], "b e 1 l -> b l e"))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        length = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, E) each
-        x = rearrange(x, "b l e -> b e l")
-        x = F.silu(self.conv1d(x)[..., :length])  # causal depthwise convolution, (B, E, L)
-        dt, B, C = torch.split(self.x_proj(rearrange(x, "b e l -> b l e")), [self.dt_rank, self.d_state, self.d_state],
+        x = self.causal_conv(x)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state],
                                dim=-1)  # (B, L, R), (B, L, N), (B, L, N)
-        delta = rearrange(F.softplus(self.dt_proj(dt)), "b l e -> b e l")  # (B, E, L), positive
+        delta = F.softplus(self.dt_proj(dt))  # (B, L, E), positive
         A = -torch.exp(self.A_log.float())  # (E, N)
-        y = self._scan(x)(x, delta, A, B, C, self.D)  # (B, E, L)
+        # the scan reads (B, E, L) views of the (B, L, E) tensors and returns y as such a view
+        y = self._scan(x)(rearrange(x, "b l e -> b e l"), rearrange(delta, "b l e -> b e l"), A, B, C, self.D)
         y = rearrange(y, "b e l -> b l e") * F.silu(z)
         return self.out_proj(y)

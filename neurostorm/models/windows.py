@@ -12,6 +12,7 @@ edge; nothing masks them (a Mamba scan has no attention matrix to mask), as in t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -69,6 +70,45 @@ def roll_grid(x: torch.Tensor, shift: Size4, reverse: bool = False) -> torch.Ten
         return x
     sign = 1 if reverse else -1
     return torch.roll(x, shifts=tuple(sign * s for s in shift), dims=(1, 2, 3, 4))
+
+
+@functools.lru_cache(maxsize=64)
+def _token_orders(layout: WindowLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one sample's flattened grid: the grid index of every window token (rolled and partitioned, in
+    window order), and the inverse permutation."""
+    grid_index = torch.arange(math.prod(layout.grid)).reshape(1, *layout.grid, 1)
+    order = window_partition(roll_grid(grid_index, layout.shift), layout.window).reshape(-1)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    return order.to(device), inverse.to(device)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """``tokens[:, order]`` for a permutation ``order``; the gradient is the gather by its ``inverse``."""
+
+    @staticmethod
+    def forward(ctx, tokens: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.inverse = inverse
+        return tokens.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad.index_select(1, ctx.inverse), None, None
+
+
+def grid_to_windows(x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """(B, D, H, W, T, C) → (B·n_windows, tokens_per_window, C): the roll by −shift and the window partition
+    as one gather (the tokens of ``window_partition(roll_grid(x, shift), window)``, one copy instead of five)."""
+    order, inverse = _token_orders(layout, x.device)
+    tokens = _GatherTokens.apply(x.reshape(x.shape[0], -1, x.shape[-1]), order, inverse)  # (B, D·H·W·T, C)
+    return tokens.reshape(-1, layout.tokens_per_window, x.shape[-1])
+
+
+def windows_to_grid(windows: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """Inverse of :func:`grid_to_windows`: (B·n_windows, tokens_per_window, C) → (B, D, H, W, T, C)."""
+    order, inverse = _token_orders(layout, windows.device)
+    tokens = windows.reshape(-1, math.prod(layout.grid), windows.shape[-1])  # (B, D·H·W·T, C)
+    return _GatherTokens.apply(tokens, inverse, order).reshape(-1, *layout.grid, windows.shape[-1])
 
 
 class PatchEmbed(nn.Module):
