@@ -59,8 +59,8 @@ def measure(model: str, batch: int, mode: str, repeats: int) -> dict:
     c = encoder.config
     x = torch.randn(batch, 1, *c.img_size, c.frames)
     encoder.train(mode != "forward")
+    baseline = rss_mib()  # before any pass: freed memory stays in the process (neurostorm.runtime)
     flops = count_flops(encoder, x, mode)
-    baseline = rss_mib()
 
     def forward():
         with torch.inference_mode():
