@@ -59,7 +59,7 @@ def measure(model: str, batch: int, mode: str, repeats: int) -> dict:
     c = encoder.config
     x = torch.randn(batch, 1, *c.img_size, c.frames)
     encoder.train(mode != "forward")
-    baseline = rss_mib()  # before any pass: freed memory stays in the process (neurostorm.runtime)
+    baseline = rss_mib()  # before any pass, so the extra memory counts the whole step
     flops = count_flops(encoder, x, mode)
 
     def forward():

@@ -13,8 +13,8 @@ the CUDA kernel keeps it in SRAM: no tensor of shape (batch, L, E, N) is ever al
 
 The backward pass runs over chunks of ``CHUNK`` steps, last chunk first: it recomputes the chunk's
 states and decays from the state saved at the chunk's start by the forward pass (saved only when a
-gradient is needed: (Bs, L / CHUNK, N, E) numbers, at most a quarter of u's size), then runs the
-adjoint recurrence backwards over them. Parallelism is over sequences (windows): each thread writes
+gradient is needed: (Bs, L / CHUNK, N, E) numbers, N / CHUNK of u's size: a quarter at N = 16), then
+runs the adjoint recurrence backwards over them. Parallelism is over sequences (windows): each thread writes
 only its own sequences' gradients, and the per-sequence A/D gradients are summed afterwards.
 """
 
