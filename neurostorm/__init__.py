@@ -4,13 +4,14 @@ __version__ = "0.1.0"
 
 from neurostorm.errors import InputError
 
-__all__ = ["InputError", "__version__", "build_model"]
+_FROM_MODELS = ("build_model", "load_encoder", "load_official_checkpoint", "load_pretrained", "save_pretrained")
+__all__ = ["InputError", "__version__", *_FROM_MODELS]
 
 
 def __getattr__(name: str):
     # the model registry imports torch: load it on first use, so `neurostorm --version` stays instant
-    if name == "build_model":
-        from neurostorm.models import build_model
+    if name in _FROM_MODELS:
+        import neurostorm.models
 
-        return build_model
+        return getattr(neurostorm.models, name)
     raise AttributeError(f"module 'neurostorm' has no attribute {name!r}")

@@ -118,10 +118,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from neurostorm.tasks.compare import compare, markdown_table, parse_methods
+    from neurostorm.tasks.compare import compare, markdown_table, parse_methods, saved_methods
 
     config = load_experiment(args.task, args.overrides, args.quiet)
-    table = compare(config, parse_methods(args.models), args.out)
+    methods = parse_methods(args.models) if args.models else saved_methods(args.task)
+    table = compare(config, methods, args.out, progress=not args.quiet)
     print(f"{args.out}/table.md ({config.task.kind}):")
     print(markdown_table(table, config.task.kind))
     return 0
@@ -193,26 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what to do with data that does not look like whole-brain MNI152")
 
     roi = add("roi", "ROI time series and functional connectivity from a store", _cmd_roi)
-    roi.add_argument("store", metavar="STORE")
+    roi.add_argument("store", metavar="STORE", help="a store written by neurostorm preprocess")
     roi.add_argument("--atlas", required=True, help="atlas name (see 'neurostorm atlases') or a NIfTI label image")
     roi.add_argument("--atlas-labels", default=None, help="CSV/TSV of index,name for a NIfTI atlas")
-    roi.add_argument("--out", required=True, metavar="DIR")
+    roi.add_argument("--out", required=True, metavar="DIR", help="output folder (time series, fc.npz, rois.tsv)")
     roi.add_argument("--partial", action="store_true", help="also partial correlation (Ledoit-Wolf)")
 
     sim = add("simulate", "write a simulated fMRIPrep-style BIDS cohort on MNI152 anatomy", _cmd_simulate)
-    sim.add_argument("--out", required=True, metavar="DIR")
-    sim.add_argument("--subjects", type=int, default=8)
+    sim.add_argument("--out", required=True, metavar="DIR", help="BIDS derivatives folder to write")
+    sim.add_argument("--subjects", type=int, default=8, help="subjects (sex and diagnosis balanced over sites)")
     sim.add_argument("--runs", type=int, default=1, help="resting runs per subject")
     sim.add_argument("--task-runs", type=int, default=0, help="block-design runs (faces/houses/tools) with events")
     sim.add_argument("--stimulus-runs", type=int, default=0, help="image runs; embeddings in stimuli.npz")
     sim.add_argument("--images", type=int, default=12, help="images shown in a stimulus run")
-    sim.add_argument("--sites", type=int, default=3)
+    sim.add_argument("--sites", type=int, default=3, help="scanner sites (intensity, bias field, noise)")
     sim.add_argument("--frames", type=int, default=60, help="frames per resting run")
-    sim.add_argument("--task-frames", type=int, default=None, help="frames per task / stimulus run (default: --frames)")
+    sim.add_argument("--task-frames", type=int, default=None, help="frames per task / stimulus run; None: as --frames")
     sim.add_argument("--tr", type=float, default=2.0, help="seconds")
-    sim.add_argument("--voxel-mm", type=float, default=2.0)
-    sim.add_argument("--orientation", choices=("RAS", "LAS"), default="RAS")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--voxel-mm", type=float, default=2.0, help="voxel size of the written runs")
+    sim.add_argument("--orientation", choices=("RAS", "LAS"), default="RAS",
+                     help="voxel order: RAS as fMRIPrep writes, LAS as FSL")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort)")
 
     add("atlases", "list the atlases available offline", _cmd_atlases)
 
@@ -221,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = add(name, helptext, handler)
         command.add_argument("--config", required=True, help="YAML file, or a preset: tiny, base")
         command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.batch_size=2")
-        command.add_argument("--out", required=True, metavar="RUN_DIR")
+        command.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
         if resumable:
             command.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
 
@@ -233,27 +235,40 @@ def build_parser() -> argparse.ArgumentParser:
     comp = add("compare", "several models on one task, one split: OUT/table.md, table.csv, comparison.png",
                _cmd_compare)
     comp.add_argument("--task", required=True, metavar="CONFIG", help="experiment YAML (task and data) or a preset")
-    comp.add_argument("--models", required=True, help="comma-separated MODEL[@INIT][:MODE], e.g. "
-                      "neurostorm-tiny@runs/pre/model,neurostorm-tiny,swift-tiny,bnt-tiny,fc-linear")
+    comp.add_argument("--models", default=None, help="comma-separated MODEL[@INIT][:MODE], e.g. "
+                      "neurostorm-tiny@runs/pre/model,neurostorm-tiny,swift-tiny,bnt-tiny,fc-linear; default: "
+                      "the methods of a task.yaml written by compare")
     comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.epochs=5 task.label=sex")
-    comp.add_argument("--out", required=True, metavar="DIR")
+    comp.add_argument("--out", required=True, metavar="DIR", help="comparison folder (created)")
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
-    evaluate.add_argument("run", metavar="RUN_DIR")
+    evaluate.add_argument("run", metavar="RUN_DIR", help="folder of a neurostorm finetune run")
 
     demo = add("demo", "the whole method on a simulated cohort: simulate, preprocess, pretrain, adapt, report",
                _cmd_demo)
-    demo.add_argument("--out", default="demo-out", metavar="DIR")
+    demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (report.md, metrics.json)")
     demo.add_argument("--quick", action="store_true", help="a few minutes: fewer subjects and epochs")
-    demo.add_argument("--subjects", type=int, default=None, help="override the number of simulated subjects")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--subjects", type=int, default=None, help="simulated subjects; None: 16 with --quick, else 48")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the cohort, splits and training")
 
     info = add("info", "parameter counts (total and per stage) and input shape of a model", _cmd_info)
     info.add_argument("model", metavar="NAME", help="model name (e.g. neurostorm-base) or a pretrained folder")
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, letting a command's list of words (KEY=VALUE overrides, input paths) go anywhere
+    between the options: ``finetune --config tiny --out R optim.lr=1e-4`` as well as before ``--out``."""
+    args, extra = parser.parse_known_args(argv)
+    words = next((name for name in ("overrides", "inputs") if isinstance(getattr(args, name, None), list)), None)
+    if extra and (words is None or any(word.startswith("-") for word in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, words).extend(extra)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.simplefilter("ignore", DeprecationWarning)  # libraries' notices to their developers

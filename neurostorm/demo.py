@@ -106,11 +106,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         config = load_config("tiny", overrides)
         table = compare(config, methods, folder)  # one progress bar per family
         kind = config.task.kind
-        specs = ",".join(METHODS[label].format(pretrained=pretrained) for label in size.methods)
         families[family] = {"kind": kind, "folder": str(folder), "table": table,
                             "differences": paired_differences(table, kind, PAIRS),
-                            "command": f"neurostorm compare --task {folder / 'task.yaml'} --models {specs} "
-                                       f"--out {folder}"}
+                            "command": f"neurostorm compare --task {folder / 'task.yaml'} --out {folder}"}
         _stage(family, stages, start)
     pretrain_metrics = json.loads((out / "runs" / "pretrain" / "metrics.json").read_text())
     return write_report(out, cohort, families, stages, pretrain_metrics, "neurostorm " + shlex.join(pretrain))

@@ -15,3 +15,7 @@ class InputError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        # rebuilt from both fields after pickling (worker processes, Dask); the default would pass one
+        return type(self), (self.path, self.problem)

@@ -1,4 +1,5 @@
-"""Bad input: one line on stderr naming the file and the problem, exit non-zero, nothing partial left."""
+"""The README's bad-input table, row by row, with 1 and 2 worker processes: one line on stderr naming the file
+and the problem, exit non-zero, nothing partial left, and the good run beside the bad one still written."""
 
 import gzip
 import os
@@ -7,109 +8,195 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neurostorm.cli import main
+from neurostorm.data.grid import GRIDS
 from neurostorm.data.store import Store, completed_record
 
 from .conftest import mni_brain_run, write_run
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 HAXBY = Path(__file__).parent / "data" / "haxby2001" / "sub001_run001_bold_25mm.nii.gz"
+GRID = "mni152-fsl-4mm-48"  # the table's checks hold on every grid; the 4 mm one keeps the test quick
 
 
-def run_cli(capsys, *args: str) -> tuple[int, list[str]]:
-    code = main(["preprocess", "--quiet", *map(str, args)])
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
-    return code, err
+@dataclass
+class Case:
+    inputs: list[Path]  # the bad input and a good run beside it
+    bad: Path  # the file the message must name
+    problem: str  # regular expression for the message after "path: "
+    args: list[str] = field(default_factory=list)
+    outcome: str = "run fails"  # "run fails" (the others are written), "job refused" or "warning"
 
 
-def assert_nothing_written(store: Path) -> None:
-    runs = store / "runs"
-    assert not runs.exists() or not any(runs.iterdir()), sorted(runs.iterdir())
+def good_run(tmp_path: Path) -> Path:
+    data, affine = mni_brain_run(n_frames=20, voxel_mm=4.0, seed=7)
+    return write_run(tmp_path / "good" / "sub-good_task-rest_bold.nii.gz", data, affine)
 
 
-def good_run(tmp_path: Path, **kwargs) -> Path:
-    data, affine = mni_brain_run(n_frames=20)
-    return write_run(tmp_path / "good_bold.nii.gz", data, affine, **kwargs)
+def bad_image(tmp_path: Path, name: str, n_frames: int = 20, tr: float | None = 2.0, edit=None) -> Path:
+    data, affine = mni_brain_run(n_frames=n_frames, voxel_mm=4.0)
+    data = edit(data) if edit else data
+    return write_run(tmp_path / "bad" / f"sub-{name}_task-rest_bold.nii.gz", data, affine, tr=tr)
 
 
-@pytest.mark.parametrize("case, problem", [
-    ("3d", "expected a 4D image .* got a 3D image"),
-    ("5d", "expected a 4D image .* got a 5D image"),
-    ("nan", "NaN/Inf voxel values"),
-    ("constant", "zero variance"),
-    ("short", "fewer than one clip of 20"),
-    ("no_tr", "missing TR"),
-])
-def test_bad_image(tmp_path, capsys, case, problem):
-    data, affine = mni_brain_run(n_frames=5 if case == "short" else 20)
-    if case == "3d":
-        data = data[..., 0]
-    elif case == "5d":
-        data = np.stack([data, data], axis=-1)
-    elif case == "nan":
-        data[40, 50, 40, 3] = np.nan
-    elif case == "constant":
-        data[data > 0] = 500.0
-    path = write_run(tmp_path / f"{case}.nii.gz", data, affine, tr=None if case == "no_tr" else 2.0)
-    code, err = run_cli(capsys, path, "--out", tmp_path / "store")
-    assert code != 0
-    assert len(err) == 1 and err[0].startswith(f"neurostorm preprocess: {path}: "), err
-    assert re.search(problem, err[0]), err
-    assert_nothing_written(tmp_path / "store")
+def with_nan(data: np.ndarray) -> np.ndarray:
+    data[20:23, 25, 20, 3:6] = np.nan  # frames 3-5 only
+    return data
 
 
-def test_truncated_gzip(tmp_path, capsys):
-    path = good_run(tmp_path)
+def constant(data: np.ndarray) -> np.ndarray:
+    data[data > 0] = 500.0
+    return data
+
+
+def truncated(tmp_path: Path) -> Path:
+    path = bad_image(tmp_path, "truncated", n_frames=40)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
-    code, err = run_cli(capsys, path, "--out", tmp_path / "store")
-    assert code != 0 and len(err) == 1 and str(path) in err[0] and "truncated or corrupt" in err[0]
-    assert_nothing_written(tmp_path / "store")
+    return path
 
 
-def test_not_mni_real_native_space_run_is_refused_or_warned(tmp_path, capsys):
-    code, err = run_cli(capsys, HAXBY, "--out", tmp_path / "store", "--tr", "keep")
-    assert code != 0 and len(err) == 1 and str(HAXBY) in err[0] and "does not look like whole-brain MNI152" in err[0]
-    assert_nothing_written(tmp_path / "store")
-    code, _ = run_cli(capsys, HAXBY, "--out", tmp_path / "store", "--tr", "keep", "--non-mni", "warn")
-    assert code == 0 and len(Store(tmp_path / "store").manifest) == 1
-
-
-def test_one_bad_run_does_not_stop_the_good_ones(tmp_path, capsys):
-    good = good_run(tmp_path)
-    bad = tmp_path / "bad_bold.nii.gz"
-    bad.write_bytes(gzip.compress(b"not a nifti at all" * 100))
-    code, err = run_cli(capsys, good, bad, "--out", tmp_path / "store")
-    assert code != 0 and len(err) == 1 and str(bad) in err[0]
-    assert Store(tmp_path / "store").manifest["run_id"].tolist() == ["sub-goodbold"]
-
-
-@pytest.mark.parametrize("content, problem", [
-    ("subject,age\n01,30\n02,40\n03,50\n", r"not in the data: 03"),
-    ("subject,age\n01,30\n", r"no row for subject\(s\): 02"),
-    ("subject,age\n01,30\n02,\n", r"missing 'age' for subject\(s\): 02"),
-])
-def test_bad_label_file(tmp_path, capsys, content, problem):
+def labelled_bids(tmp_path: Path, content: str) -> tuple[list[Path], Path]:
     for subject in ("01", "02"):
-        data, affine = mni_brain_run(n_frames=20, seed=int(subject))
-        write_run(tmp_path / "bids" / f"sub-{subject}" / "func" / f"sub-{subject}_task-rest_bold.nii.gz", data, affine)
+        data, affine = mni_brain_run(n_frames=20, voxel_mm=4.0, seed=int(subject))
+        write_run(tmp_path / "bids" / f"sub-{subject}" / "func" / f"sub-{subject}_task-rest_bold.nii.gz", data,
+                  affine)
     labels = tmp_path / "labels.csv"
     labels.write_text(content)
-    code, err = run_cli(capsys, tmp_path / "bids", "--out", tmp_path / "store", "--labels", labels)
-    assert code != 0 and len(err) == 1 and str(labels) in err[0]
-    assert re.search(problem, err[0]), err
-    assert_nothing_written(tmp_path / "store")
+    return [tmp_path / "bids"], labels
 
 
-def test_sigkill_mid_write_then_resume(cohort, store, tmp_path):
-    """Kill a preprocessing job while it writes; resuming finishes with the same bytes as a clean run."""
+def make_case(name: str, tmp_path: Path) -> Case:
+    good = good_run(tmp_path)
+    if name in ("3d", "5d"):
+        bad = bad_image(tmp_path, name, edit=(lambda d: d[..., 0]) if name == "3d" else
+                        (lambda d: np.stack([d, d], axis=-1)))
+        return Case([good, bad], bad, f"expected a 4D image \\(x, y, z, time\\), got a {name.upper()} image of shape")
+    if name == "not_mni":
+        return Case([good, HAXBY], HAXBY, r"does not look like whole-brain MNI152 data: \d+% of its brain lies inside",
+                    ["--tr", "keep"])
+    if name == "nan":
+        bad = bad_image(tmp_path, name, edit=with_nan)
+        return Case([good, bad], bad, r"^9 NaN/Inf voxel values in frames 3-5$")
+    if name == "truncated":
+        bad = truncated(tmp_path)
+        return Case([good, bad], bad, r"cannot read frames \d+-\d+: .* \(truncated or corrupt file\?\)")
+    if name == "constant":
+        bad = bad_image(tmp_path, name, edit=constant)
+        return Case([good, bad], bad, r"^zero variance over time in the brain voxels \(constant image\)$")
+    if name == "short":
+        bad = bad_image(tmp_path, name, n_frames=5)
+        return Case([good, bad], bad, r"^11 frames after resampling to TR 0.8 s, fewer than one clip of 20$")
+    if name == "no_tr":
+        bad = bad_image(tmp_path, name, tr=None)
+        return Case([good, bad], bad, r"missing TR: no RepetitionTime in a JSON sidecar and pixdim\[4\] is 0 "
+                                      r"\(give --input-tr SECONDS\)")
+    if name == "tr_ms":
+        bad = bad_image(tmp_path, name, tr=2000.0)
+        return Case([good, bad], bad, r"header TR 2000.0 with unit 'sec' read as milliseconds", outcome="warning")
+    contents = {"labels_unknown": ("subject,age\n01,30\n02,40\n03,50\n", r"rows for subject\(s\) not in the data: 03"),
+                "labels_no_row": ("subject,age\n01,30\n", r"no row for subject\(s\): 02"),
+                "labels_empty": ("subject,age\n01,30\n02,\n", r"missing 'age' for subject\(s\): 02")}
+    inputs, labels = labelled_bids(tmp_path, contents[name][0])
+    return Case(inputs, labels, contents[name][1], ["--labels", str(labels)], outcome="job refused")
+
+
+ROWS = {  # the first cell of each row of the README's table → the cases that test it
+    "3D image, 5D image": ["3d", "5d"],
+    "not MNI (e.g. native-space Haxby run)": ["not_mni"],
+    "NaN / Inf voxels": ["nan"],
+    "truncated `.nii.gz`": ["truncated"],
+    "constant run": ["constant"],
+    "too short": ["short"],
+    "no TR anywhere": ["no_tr"],
+    "TR in ms in a seconds header": ["tr_ms"],
+    "label file: unknown subjects, subjects without a row, empty values": ["labels_unknown", "labels_no_row",
+                                                                          "labels_empty"],
+    "job killed with SIGKILL mid-write": [],  # test_sigkill_mid_write_then_resume
+}
+
+
+def readme_rows() -> list[str]:
+    section = README.read_text().split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("|")]
+    return [row for row in rows if row not in ("input", "---")]
+
+
+def test_every_row_of_the_readme_table_is_tested():
+    assert readme_rows() == list(ROWS)
+
+
+def run_cli(capsys, *args) -> tuple[int, list[str], list[str]]:
+    code = main(["preprocess", "--quiet", *map(str, args)])
+    err = capsys.readouterr().err.splitlines()
+    return code, [line for line in err if not line.startswith("warning:")], [line for line in err
+                                                                               if line.startswith("warning:")]
+
+
+def assert_no_partial_run(store: Path) -> None:
+    runs = store / "runs"
+    for path in runs.iterdir() if runs.exists() else []:
+        assert not path.name.startswith("."), f"left a temporary: {path}"
+        assert completed_record(path) is not None, f"incomplete run under its final name: {path}"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", [case for cases in ROWS.values() for case in cases])
+def test_bad_input(tmp_path, capsys, name, workers):
+    case = make_case(name, tmp_path)
+    store = tmp_path / "store"
+    code, errors, warned = run_cli(capsys, *case.inputs, "--out", store, "--grid", GRID, "--workers", workers,
+                                   *case.args)
+    if case.outcome == "warning":
+        assert code == 0 and not errors, errors
+        assert any(str(case.bad) in line and re.search(case.problem, line) for line in warned), warned
+        assert len(Store(store).manifest) == 2
+        return
+    assert code != 0
+    assert len(errors) == 1, errors
+    prefix = f"neurostorm preprocess: {case.bad}: "
+    assert errors[0].startswith(prefix), errors
+    assert re.search(case.problem, errors[0][len(prefix):]), errors
+    assert_no_partial_run(store)
+    written = Store(store).manifest["run_id"].tolist() if (store / "manifest.parquet").exists() else []
+    assert written == ([] if case.outcome == "job refused" else ["sub-good_task-rest"]), written
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_a_constant_run_is_refused_on_every_grid(tmp_path, capsys, grid):
+    bad = bad_image(tmp_path, "constant", edit=constant)
+    code, errors, _ = run_cli(capsys, bad, "--out", tmp_path / "store", "--grid", grid)
+    assert code != 0 and len(errors) == 1 and "constant image" in errors[0], errors
+
+
+def test_a_native_space_run_goes_through_with_non_mni_warn(tmp_path, capsys):
+    code, _, warned = run_cli(capsys, HAXBY, "--out", tmp_path / "store", "--tr", "keep", "--non-mni", "warn")
+    assert code == 0 and len(Store(tmp_path / "store").manifest) == 1
+    assert any("does not look like whole-brain MNI152" in line for line in warned)
+
+
+def test_an_unreadable_file_among_good_ones_with_workers(tmp_path, capsys):
+    good, bad = good_run(tmp_path), tmp_path / "bad_bold.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti at all" * 100))
+    code, errors, _ = run_cli(capsys, good, bad, "--out", tmp_path / "store", "--grid", GRID, "--workers", 2)
+    assert code != 0 and len(errors) == 1 and str(bad) in errors[0]
+    assert Store(tmp_path / "store").manifest["run_id"].tolist() == ["sub-good_task-rest"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_mid_write_then_resume(cohort, store, tmp_path, workers):
+    """Kill a preprocessing job (all its processes, as a scheduler does) while it writes; resuming finishes
+    with the same bytes as a clean run."""
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet",
+               "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         finished = [p for p in (out / "runs").glob("*.zarr")] if (out / "runs").exists() else []
@@ -117,13 +204,13 @@ def test_sigkill_mid_write_then_resume(cohort, store, tmp_path):
         if finished and writing:
             break
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert list((out / "runs").glob(".*tmp-*")), "the kill should land mid-write"
     for path in (out / "runs").glob("*.zarr"):
         assert completed_record(path) is not None  # only complete runs carry a final name
 
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet"]) == 0
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--workers", str(workers)]) == 0
     assert not list((out / "runs").glob(".*tmp-*"))
     clean, resumed = Store(store), Store(out)
     assert resumed.manifest["run_id"].tolist() == clean.manifest["run_id"].tolist()

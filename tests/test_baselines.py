@@ -13,7 +13,7 @@ from neurostorm.models.baselines.braingnn import TopKPool, sparse_graph
 from neurostorm.models.baselines.brainnetcnn import EdgeToEdge
 from neurostorm.models.baselines.swift import SwiFTConfig, SwinBlock
 from neurostorm.models.weights import load_pretrained, save_pretrained
-from neurostorm.tasks.compare import Method
+from neurostorm.tasks.compare import Method, saved_methods
 from neurostorm.train.config import load_config
 
 CONNECTOME_MODELS = ["brainnetcnn-tiny", "bnt-tiny", "braingnn-tiny"]
@@ -138,7 +138,14 @@ def test_compare_runs_every_model_on_one_split(realistic_store, tmp_path, capsys
         tested = pd.read_csv(out / "runs" / method / "predictions.csv", dtype={"subject": str})["subject"]
         assert sorted(tested.unique()) == test_subjects, method
     assert (table["balanced_accuracy_chance"] == 0.5).all() and table["trainable_parameters"].gt(0).all()
-    assert (out / "table.md").read_text().count("\n") == len(table) + 2 and (out / "comparison.png").exists()
-    assert "| fc-linear |" in capsys.readouterr().out
-    rerun = load_config(out / "task.yaml")  # the task as run: reruns the table on the same split
+    assert {"accuracy", "f1_macro", "auroc", "f1_macro_ci_low", "test_subjects"} <= set(table.columns)
+    markdown = (out / "table.md").read_text()
+    assert markdown.count("\n| ") == len(table) and (out / "comparison.png").exists()
+    assert "accuracy [95 % CI]" in markdown and "f1_macro [95 % CI]" in markdown
+    # 12 subjects leave 2 for testing: the table says so under its rows
+    assert (table["test_subjects"] == 2).all() and "**Warning: 2 test subjects.**" in markdown
+    printed = capsys.readouterr()
+    assert "| fc-linear |" in printed.out and "compare classification" not in printed.err  # --quiet: no bar
+    rerun = load_config(out / "task.yaml")  # the task as run, with its methods: reruns the table alone
     assert rerun.data.split_file == str(out / "split.json") and rerun.task.label == "sex"
+    assert [m.spec for m in saved_methods(out / "task.yaml")] == models.split(",")

@@ -24,6 +24,12 @@ def test_help_lists_subcommands_and_shows_defaults(capsys):
         assert "usage: neurostorm" in help_text
         if command == "preprocess":
             assert "(default: 0.8)" in help_text and "(default: int8)" in help_text
+        if command == "simulate":
+            for default in ("--subjects SUBJECTS subjects", "(default: 8)", "(default: 3)", "(default: 0)"):
+                assert default in help_text, default
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--outDIRoutputfolder(report.md,metrics.json)(default:demo-out)" in "".join(capsys.readouterr().out.split())
 
 
 def test_version():
@@ -53,3 +59,31 @@ def test_info_prints_parameter_counts_and_input_shape(capsys, tmp_path):
     assert "7,712,892" in capsys.readouterr().out
     assert main(["info", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["info", "swift-tiny"]) == 0
+    text = capsys.readouterr().out
+    assert "SwiFT encoder" in text and "NeuroSTORM" not in text and "635,440" in text
+    assert main(["info", "fc-linear"]) == 0
+    assert "34,717 per output at Power-264" in capsys.readouterr().out
+    assert main(["info", "bnt"]) == 0
+    assert "input (B, 264, 264) FC" in capsys.readouterr().out
+
+
+def test_overrides_are_accepted_in_any_position():
+    from neurostorm.cli import parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["finetune", "--config", "tiny", "a=1", "--out", "R", "b=2", "--quiet", "c=3"])
+    assert args.overrides == ["a=1", "b=2", "c=3"] and args.out == "R" and args.quiet
+    assert parse_args(parser, ["preprocess", "x.nii", "--out", "S", "y.nii"]).inputs == ["x.nii", "y.nii"]
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["finetune", "--config", "tiny", "--out", "R", "--no-such-flag"])
+
+
+def test_a_store_the_model_cannot_read_is_one_line_not_a_traceback(labelled_store, tmp_path, capsys):
+    code = main(["embed", "--config", "base", f"data.stores=[{labelled_store}]", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"neurostorm embed: {labelled_store}: its clips of (48, 48, 48) voxels")
+    code = main(["finetune", "--config", "tiny", "model.name=neurostorm-huge", "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown model.name 'neurostorm-huge'" in err[0], err

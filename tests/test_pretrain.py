@@ -80,6 +80,11 @@ def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path)
     assert a.keys() == b.keys()
     different = [k for k in a if not (a[k] == b[k]).all()]
     assert not different, different[:5]
+    # the resumed run's CSV log holds every epoch, the ones before the crash included, as the straight run's
+    logs = [pd.read_csv(run / "logs" / "metrics.csv") for run in (straight, killed)]
+    assert sorted(logs[1]["epoch"].unique()) == [0, 1, 2]
+    pd.testing.assert_frame_equal(*(log.sort_values(["step", "epoch"]).reset_index(drop=True) for log in logs),
+                                  check_like=True)
 
 
 def test_ddp_on_two_cpu_processes_shards_the_data_and_keeps_weights_equal(labelled_store, tmp_path):

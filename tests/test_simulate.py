@@ -5,11 +5,12 @@ import dataclasses
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 
 from neurostorm.data.datasets import EventClipDataset
 from neurostorm.data.events import events_for, read_events
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
-from neurostorm.data.simulate import CohortConfig, simulate_cohort
+from neurostorm.data.simulate import CohortConfig, participants_table, simulate_cohort
 
 CONFIG = CohortConfig(subjects=3, runs=2, task_runs=1, stimulus_runs=1, n_images=6, n_frames=50, voxel_mm=4.0,
                       sites=2, seed=5)
@@ -43,3 +44,16 @@ def test_simulated_task_runs_go_through_preprocessing_into_labelled_clips(tmp_pa
     clips = EventClipDataset(tmp_path / "store", sequence_length=8, exclude=[f"image{k:02d}" for k in range(1, 7)])
     assert clips.classes == ["faces", "houses", "tools"] and len(clips) >= 3 * 3
     assert clips[0]["x"].shape == (1, 48, 48, 48, 8)
+
+
+@pytest.mark.parametrize("subjects, sites, seed", [(6, 3, 0), (8, 3, 0), (16, 3, 1), (7, 2, 4), (48, 3, 0)])
+def test_sex_and_diagnosis_are_balanced_over_subjects_and_sites(subjects, sites, seed):
+    table = participants_table(CohortConfig(subjects=subjects, sites=sites, seed=seed), np.random.default_rng(seed))
+    sexes = table["sex"].value_counts()
+    assert set(sexes.index) == {"F", "M"} and sexes.max() - sexes.min() <= 1
+    diagnoses = table["diagnosis"].value_counts()
+    assert set(diagnoses.index) == {"CN", "MDD", "SZ"} and diagnoses["CN"] >= diagnoses.drop("CN").max()
+    for _, site in table.groupby("site"):
+        if len(site) >= 2:
+            assert site["sex"].nunique() == 2, site
+    assert not (table.groupby("diagnosis")["sex"].nunique() == 1).all()  # sex is not tied to diagnosis

@@ -1,30 +1,11 @@
 """Task-state labels from BIDS events, and decoding real BOLD (Haxby 2001) through them."""
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.haxby import HAXBY, TR, decode, haxby_runs
 from neurostorm import InputError
 from neurostorm.data.events import condition_clips, events_for, frame_conditions, read_events
-from neurostorm.tasks.task_state import clip_features, leave_one_run_out
-
-from .conftest import TEST_DATA
-
-HAXBY = TEST_DATA / "haxby2001"
-HAXBY_TR = 2.5
-
-
-def write_events(path, conditions, tr):
-    """BIDS events (onset, duration, trial_type) from one condition per volume; 'rest' is no event."""
-    rows, start = [], 0
-    for i in range(1, len(conditions) + 1):
-        if i == len(conditions) or conditions[i] != conditions[start]:
-            if conditions[start] != "rest":
-                rows.append((start * tr, (i - start) * tr, conditions[start]))
-            start = i
-    pd.DataFrame(rows, columns=["onset", "duration", "trial_type"]).to_csv(path, sep="\t", index=False)
-    return path
 
 
 def test_frames_and_clips_follow_the_blocks(tmp_path):
@@ -54,31 +35,10 @@ def test_events_are_validated_and_matched_by_entities(tmp_path):
     assert events_for(bold, []) is None
 
 
-def haxby_runs(tmp_path):
-    attributes = pd.read_csv(HAXBY / "slice_attributes_literal.txt", sep=" ", header=None, names=["label", "run"])
-    bold = np.asarray(nib.load(HAXBY / "slice_bold.nii.gz").dataobj, dtype=np.float32)
-    mask = np.asarray(nib.load(HAXBY / "slice_mask.nii.gz").dataobj) > 0
-    voxels = bold[mask].T  # (1452, 530)
-    for run, rows in attributes.groupby("run"):
-        events_path = write_events(tmp_path / f"sub-1_task-objects_run-{run + 1:02d}_events.tsv",
-                                   rows["label"].tolist(), HAXBY_TR)
-        frames = voxels[rows.index]
-        frames = (frames - frames.mean(0)) / (frames.std(0) + 1e-6)  # z-score within run
-        yield run, read_events(events_path), frames, rows["label"].to_numpy()
-
-
 @pytest.mark.parametrize("length", [1, 4])
 def test_haxby_categories_decoded_leave_one_run_out(tmp_path, length):
-    features, labels, runs = [], [], []
-    for run, events, frames, truth in haxby_runs(tmp_path):
-        conditions = frame_conditions(events, len(frames), HAXBY_TR)
-        assert [c or "rest" for c in conditions] == truth.tolist()  # events round-trip the volume labels
-        clips = condition_clips(conditions, length)
-        features.append(clip_features(frames, clips, length))
-        labels += [c for _, c in clips]
-        runs += [run] * len(clips)
-    result = leave_one_run_out(np.concatenate(features), np.asarray(labels), np.asarray(runs), c=0.1)
+    for _, events, frames, truth in haxby_runs(HAXBY, tmp_path):  # events round-trip the volume labels
+        assert [c or "rest" for c in frame_conditions(events, len(frames), TR)] == truth.tolist()
+    result = decode(HAXBY, length)
     assert len(result["classes"]) == 8 and result["chance"] == 0.125
-    print(f"Haxby 2001, 8 categories, clips of {length} volume(s): accuracy {result['accuracy']['value']:.3f} "
-          f"[{result['accuracy']['ci_low']:.3f}, {result['accuracy']['ci_high']:.3f}]")
     assert result["accuracy"]["ci_low"] > 0.45  # the reference per-volume figure is 0.62; chance 0.125

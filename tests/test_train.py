@@ -40,7 +40,7 @@ def test_full_finetuning_learns_sex_and_evaluate_reproduces_it(labelled_store, t
                  "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv", "figures/roc.png",
                  "figures/confusion_matrix.png", "figures/loss_curves.png"):
         assert (run / name).exists(), name
-    capsys.readouterr()
+    assert "logging interval" not in capsys.readouterr().err  # Lightning's log_every_n_steps warning
     assert main(["evaluate", str(run)]) == 0
     printed = capsys.readouterr().out
     assert f"balanced_accuracy  {accuracy['value']:.3f}  95% CI [{accuracy['ci_low']:.3f}" in printed
@@ -129,3 +129,49 @@ def test_cross_validation_tests_every_subject_once(labelled_store, tmp_path):
     folds = [json.loads((tmp_path / "cv" / f"fold-{k}" / "split.json").read_text())["test"] for k in range(4)]
     assert sorted(s for f in folds for s in f) == sorted(f"{i:02d}" for i in range(40))
     assert metrics["balanced_accuracy"]["ci_low"] > 0.5
+
+
+def test_a_split_whose_training_subjects_lack_a_class_is_scored_over_every_class(labelled_store, tmp_path,
+                                                                                  capsys):
+    """Classes come from the whole label column: a fold (or split) without SZ among its training subjects
+    still scores 3 classes, SZ never predicted, and says so."""
+    diagnosis = {f"{i:02d}": ["CN", "CN", "ADHD", "SZ"][i % 4] for i in range(40)}
+    sz = [s for s, d in diagnosis.items() if d == "SZ"]
+    others = [s for s, d in diagnosis.items() if d != "SZ"]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": others[:20], "val": others[20:25], "test": others[25:] + sz}))
+    metrics = run_cli("finetune", labelled_store, tmp_path / "dx", "task.label=diagnosis", "mode=probe",
+                      f"data.split_file={split}")
+    assert metrics["task"]["n_classes"] == 3 and metrics["chance"]["balanced_accuracy"] == 1 / 3
+    assert "training subjects hold no SZ of 'diagnosis'" in capsys.readouterr().err
+    predictions = pd.read_csv(tmp_path / "dx" / "predictions.csv")
+    assert np.isneginf(predictions["out_2"]).all()  # SZ (class 2) was never seen: probability 0
+    assert (tmp_path / "dx" / "figures" / "roc.png").exists()
+
+
+def test_a_split_with_too_few_test_subjects_is_refused(labelled_store, tmp_path, capsys):
+    argv = ["finetune", "--config", "tiny", "--out", str(tmp_path / "r"), "--quiet", f"data.stores=[{labelled_store}]",
+            "task.label=sex", "data.split_fractions=[0.96,0.02,0.02]"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and "leaves 1 test subject(s); a metric with a 95 % CI needs at least 2" in err[0], err
+    assert not (tmp_path / "r" / "split.json").exists()
+
+
+def test_a_split_that_cannot_be_stratified_warns_once():
+    from neurostorm.data.splits import make_split
+
+    subjects = pd.DataFrame({"subject": [f"{i}" for i in range(8)], "dx": ["a"] * 7 + ["b"]})
+    with pytest.warns(UserWarning, match="to stratify the test and val split") as caught:
+        make_split(subjects, stratify="dx")
+    assert len(caught) == 1
+
+
+def test_a_one_epoch_loss_plot_has_whole_epoch_ticks_and_its_legend_beside_the_axes():
+    from neurostorm.tasks.evaluation import loss_figure
+
+    log = pd.DataFrame({"epoch": [0, 0], "step": [3, 3], "train_loss_epoch": [1.0, np.nan], "val_loss": [np.nan, 0.5]})
+    fig = loss_figure(log)
+    ax = fig.axes[0]
+    assert [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] == [1.0]
+    assert ax.get_legend() is None and len(fig.legends) == 1

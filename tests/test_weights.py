@@ -117,8 +117,10 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"w": torch.zeros(2)}, "x": Payload()}, f, protocol=2)
-    with pytest.raises(InputError, match="evil.ckpt: refused"):
+    with pytest.raises(InputError, match="evil.ckpt: refused") as refused:
         read_checkpoint(path)
     assert not Payload.marker.exists()
+    assert "could run code" in str(refused.value)
+    assert "weights_only=False" not in str(refused.value)  # never advise the unsafe retry
     with pytest.raises(InputError, match="no such checkpoint"):
         read_checkpoint(tmp_path / "missing.ckpt")

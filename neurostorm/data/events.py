@@ -73,3 +73,15 @@ def condition_clips(conditions: np.ndarray, length: int, stride: int | None = No
     return clips
 
 
+
+
+def events_from_volume_labels(conditions: list[str], tr: float, rest: str = "rest") -> pd.DataFrame:
+    """BIDS events (onset, duration, trial_type) from one condition per volume (PyMVPA / nilearn-style
+    attribute files); runs of the same condition become one event, ``rest`` volumes none."""
+    rows, start = [], 0
+    for i in range(1, len(conditions) + 1):
+        if i == len(conditions) or conditions[i] != conditions[start]:
+            if conditions[start] != rest:
+                rows.append((start * tr, (i - start) * tr, conditions[start]))
+            start = i
+    return pd.DataFrame(rows, columns=["onset", "duration", "trial_type"])

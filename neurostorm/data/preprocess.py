@@ -97,6 +97,18 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def frame_ranges(frames: list[int], most: int = 8) -> str:
+    """Sorted frame indices as ranges: [3, 4, 5, 9] → "3-5, 9" (at most ``most`` ranges, then "…")."""
+    ranges: list[list[int]] = []
+    for frame in frames:
+        if ranges and frame == ranges[-1][1] + 1:
+            ranges[-1][1] = frame
+        else:
+            ranges.append([frame, frame])
+    text = [f"{a}-{b}" if b > a else f"{a}" for a, b in ranges[:most]]
+    return ", ".join(text) + (f", … ({len(ranges) - most} more ranges)" if len(ranges) > most else "")
+
+
 def output_length(n_source: int, tr_source: float, tr_target: float | None) -> int:
     """Number of frames after resampling ``n_source`` frames from ``tr_source`` to ``tr_target``."""
     if tr_target is None or abs(tr_target - tr_source) < 1e-9:
@@ -159,11 +171,25 @@ class _Run:
                 raise InputError(self.source.path, f"cannot read frames {start}-{stop - 1}: {err} "
                                                    "(truncated or corrupt file?)") from None
             data = data.reshape(*self.shape[:3], stop - start)
-            nonfinite = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-            if nonfinite:
-                raise InputError(self.source.path, f"{nonfinite} NaN/Inf voxel values in frames {start}-{stop - 1}")
+            if not np.isfinite(data).all():
+                self._refuse_nonfinite(start)
             for index in range(stop - start):
                 yield data[..., index]
+
+    def _refuse_nonfinite(self, first_block: int) -> None:
+        """Count the NaN/Inf values of the frames from ``first_block`` on and raise, naming those frames."""
+        count, frames = 0, []
+        for start in range(first_block, self.shape[3], self.config.block_frames):
+            stop = min(start + self.config.block_frames, self.shape[3])
+            try:
+                data = np.asarray(self.img.dataobj[..., start:stop], dtype=np.float32)
+            except _READ_ERRORS:
+                break  # report what could be read
+            bad = ~np.isfinite(data.reshape(-1, stop - start))  # (voxels, frames)
+            count += int(bad.sum())
+            frames += [start + int(k) for k in np.flatnonzero(bad.any(axis=0))]
+        raise InputError(self.source.path, f"{count} NaN/Inf voxel values in frame{'s' * (len(frames) > 1)} "
+                                           f"{frame_ranges(frames)}")
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames on the target grid at the target TR, negatives set to 0; each float32 ``grid.shape``."""
@@ -222,8 +248,11 @@ def preprocess_run(source: RunSource, store: Path, config: PreprocessConfig, che
     mean = float(total[mask].sum() / count)
     std = float(np.sqrt(max(total_sq[mask].sum() / count - mean**2, 0.0)))
     brain_min, brain_max = float(low[mask].min()), float(high[mask].max())
-    if std <= 1e-6 * max(abs(mean), 1.0) or brain_max - brain_min <= 0:
-        raise InputError(source.path, "zero variance over brain voxels (constant image)")
+    # variance over time, pooled over brain voxels: reslicing mixes voxels but never makes a constant run vary
+    voxel_mean = total[mask] / run.n_frames
+    temporal_std = float(np.sqrt(max(np.mean(total_sq[mask] / run.n_frames - voxel_mean**2), 0.0)))
+    if temporal_std <= 1e-6 * max(abs(mean), 1.0) or std <= 1e-6 * max(abs(mean), 1.0):
+        raise InputError(source.path, "zero variance over time in the brain voxels (constant image)")
     if config.normalization == "zscore":
         offset, divisor = mean, std
     else:
@@ -305,6 +334,19 @@ def _process_one(source: RunSource, store: Path, config: PreprocessConfig) -> di
     return preprocess_run(source, store, config, checksum)
 
 
+def _process_reporting(source: RunSource, store: Path, config: PreprocessConfig
+                       ) -> tuple[dict | InputError, list[tuple[str, type[Warning]]]]:
+    """:func:`_process_one` with its bad input and warnings returned, not raised or printed, so a run in a
+    worker process reports exactly as one in the main process."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            outcome: dict | InputError = _process_one(source, store, config)
+        except InputError as err:
+            outcome = err
+    return outcome, [(str(w.message), w.category) for w in caught]
+
+
 def write_manifest(store: Path) -> pd.DataFrame:
     """Rebuild ``manifest.parquet`` from every complete run group and the labels (atomically)."""
     rows = []
@@ -352,7 +394,9 @@ def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConf
     result = PreprocessResult()
     bar = tqdm(total=len(sources), desc="preprocess", unit="run", disable=not progress)
 
-    def collect(source: RunSource, outcome: dict | InputError) -> None:
+    def collect(source: RunSource, outcome: dict | InputError, caught: list[tuple[str, type[Warning]]]) -> None:
+        for message, category in caught:  # warnings of a worker process, shown as the parent's own
+            warnings.warn(message, category, stacklevel=2)
         if isinstance(outcome, InputError):
             result.failures.append(outcome)
         elif outcome.pop("_skipped", False):
@@ -363,18 +407,12 @@ def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConf
 
     if workers <= 1:
         for source in sources:
-            try:
-                collect(source, _process_one(source, store, config))
-            except InputError as err:
-                collect(source, err)
+            collect(source, *_process_reporting(source, store, config))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_process_one, s, store, config): s for s in sources}
+            futures = {pool.submit(_process_reporting, s, store, config): s for s in sources}
             for future in as_completed(futures):
-                try:
-                    collect(futures[future], future.result())
-                except InputError as err:
-                    collect(futures[future], err)
+                collect(futures[future], *future.result())
     bar.close()
     _update_labels(store, label_table)
     result.records = write_manifest(store).to_dict("records")

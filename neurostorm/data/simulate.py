@@ -102,15 +102,28 @@ def _network_maps(grid: Grid, brain: np.ndarray, gm: np.ndarray, sigma_mm: float
     return networks, np.minimum(maps, 1.0) * gm[brain][None, :]
 
 
-def _participants(config: CohortConfig, rng: np.random.Generator) -> pd.DataFrame:
-    """Ground truth: age, sex, diagnosis, site, and a phenotype score mixing them with noise."""
+def participants_table(config: CohortConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """Ground truth: age, sex, diagnosis, site, and a phenotype score mixing them with noise.
+
+    Sites get equal shares of the subjects; sex (F/M) and diagnosis (CN : MDD : SZ as 2 : 1 : 1) are dealt
+    in turn over the subjects ordered by site, from a random point of each cycle, so every site and the
+    whole cohort hold both sexes and every diagnosis as evenly as the counts allow (each dealt in its own
+    random order within a site, so sex and diagnosis are not tied to each other)."""
     n = config.subjects
+    sites = rng.permutation(np.arange(n) % max(1, config.sites))
+
+    def deal(cycle: list[str]) -> np.ndarray:
+        dealt = np.empty(n, dtype=object)
+        order = np.lexsort((rng.random(n), sites))  # by site, in a new random order within each site
+        dealt[order] = np.resize(np.roll(cycle, -int(rng.integers(len(cycle)))), n)
+        return dealt
+
     table = pd.DataFrame({
         "participant_id": [f"sub-{i + 1:02d}" for i in range(n)],
         "age": np.round(rng.uniform(8, 85, n), 1),
-        "sex": rng.choice(["F", "M"], n),
-        "diagnosis": rng.choice(DIAGNOSES, n, p=[0.5, 0.25, 0.25]),
-        "site": [f"site{k + 1}" for k in rng.permutation(np.arange(n) % max(1, config.sites))],
+        "sex": deal(["F", "M"]),
+        "diagnosis": deal(["CN", "MDD", "CN", "SZ"]),
+        "site": [f"site{k + 1}" for k in sites],
     })
     score = (0.5 * (table["age"] - 45) / 25 + 0.8 * (table["diagnosis"] == "SZ")
              - 0.4 * (table["diagnosis"] == "MDD") + 0.3 * (table["sex"] == "F") + rng.normal(0, 0.5, n))
@@ -198,7 +211,7 @@ def simulate_cohort(out: str | Path, config: CohortConfig | None = None) -> pd.D
     edge = brain & ~ndimage.binary_erosion(brain)  # where head motion shows most
     shared = _Shared(maps=maps, hrf=hrf, baseline=1000.0 * (0.6 + 0.4 * gm_brain), gm=gm_brain,
                      edge=edge[brain].astype(np.float64))
-    participants = _participants(config, rng)
+    participants = participants_table(config, rng)
     scanners = {site: _Scanner.draw(world, rng) for site in sorted(participants["site"].unique())}
     conditions = {name: _blobs(world, peaks, 8.0) * gm_brain for name, peaks in CONDITIONS.items()}
     image_names = [f"image{k + 1:02d}" for k in range(config.n_images)]

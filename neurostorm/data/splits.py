@@ -34,24 +34,55 @@ def make_split(subjects: pd.DataFrame, fractions: tuple[float, float, float] = (
     n_test = max(1, int(round(fractions[2] * len(ids))))
     n_val = max(1, int(round(fractions[1] * len(ids))))
 
-    def cut(pool: np.ndarray, labels: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    unstratified = []
+
+    def cut(pool: np.ndarray, labels: np.ndarray | None, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         usable = labels is not None and min(np.unique(labels, return_counts=True)[1]) >= 2 and \
             size >= len(np.unique(labels)) and len(pool) - size >= len(np.unique(labels))
         if labels is not None and not usable:
-            warnings.warn(f"too few subjects per class of '{stratify}' to stratify; splitting unstratified",
-                          stacklevel=3)
+            unstratified.append(name)
         rest, held = train_test_split(pool, test_size=size, random_state=seed, stratify=labels if usable else None)
         return rest, held
 
-    rest, test = cut(ids, strata, n_test)
+    rest, test = cut(ids, strata, n_test, "test")
     rest_strata = per_subject.loc[rest, stratify].astype(str).to_numpy() if stratify else None
-    train, val = cut(rest, rest_strata, n_val)
+    train, val = cut(rest, rest_strata, n_val, "val")
+    if unstratified:
+        warnings.warn(f"too few subjects per class of '{stratify}' to stratify the {' and '.join(unstratified)} "
+                      "split; drawn unstratified", stacklevel=3)
     return {name: sorted(map(str, part)) for name, part in zip(SPLITS, (train, val, test), strict=True)}
+
+
+MIN_TEST_SUBJECTS = 2  # fewer leaves no metric with a confidence interval
+FEW_TEST_SUBJECTS = 10  # fewer gives CIs too wide to compare methods by
+
+
+def check_test_subjects(split: dict[str, list[str]], subjects: pd.DataFrame, fractions, stratify: str | None
+                        ) -> None:
+    """Refuse a split whose test subjects cannot give a metric with a CI (fewer than 2, or one class of the
+    label); warn when they are fewer than 10. The remedy in both cases: more subjects, a larger test share,
+    or cross-validation (``data.cv_folds``), which tests every subject once."""
+    test, n = split["test"], subjects["subject"].nunique()
+    remedy = "use more subjects, a larger test share in data.split_fractions, or data.cv_folds=k"
+    where = "data.split_fractions"
+    if len(test) < MIN_TEST_SUBJECTS:
+        raise InputError(where, f"{list(fractions)} of {n} subjects leaves {len(test)} test subject(s); a metric "
+                                f"with a 95 % CI needs at least {MIN_TEST_SUBJECTS}: {remedy}")
+    if stratify:
+        table = subjects.drop_duplicates("subject").astype({"subject": str}).set_index("subject")
+        classes = table.loc[test, stratify].nunique()
+        if classes < 2:
+            raise InputError(where, f"the {len(test)} test subjects of {n} hold one class of '{stratify}'; "
+                                    f"classification metrics need at least two: {remedy}")
+    if len(test) < FEW_TEST_SUBJECTS:
+        warnings.warn(f"only {len(test)} test subjects: 95 % CIs over so few are wide ({FEW_TEST_SUBJECTS} or more "
+                      f"to compare methods); {remedy}", stacklevel=3)
 
 
 def load_or_make_split(path: str | Path, subjects: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0,
                        stratify: str | None = None) -> dict[str, list[str]]:
-    """Reuse the split saved at ``path``, or make one and save it there (JSON, atomically)."""
+    """Reuse the split saved at ``path``, or make one and save it there (JSON, atomically). A split made here
+    must leave test subjects enough for a metric with a CI (:func:`check_test_subjects`)."""
     path = Path(path)
     known = set(subjects["subject"].astype(str))
     if path.exists():
@@ -69,6 +100,7 @@ def load_or_make_split(path: str | Path, subjects: pd.DataFrame, fractions=(0.7,
             warnings.warn(f"{path}: {len(known - seen)} subjects in the data are in no split", stacklevel=2)
         return split
     split = make_split(subjects, fractions, seed, stratify)
+    check_test_subjects(split, subjects, fractions, stratify)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {**split, "seed": seed, "fractions": list(fractions), "stratify": stratify})
     return split

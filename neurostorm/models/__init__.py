@@ -111,6 +111,14 @@ def build_model(name: str, **overrides) -> nn.Module:
         raise ValueError(f"{name}: {err}") from err
 
 
+from neurostorm.models.weights import (  # noqa: E402  (weights reads the model classes above)
+    load_encoder,
+    load_official_checkpoint,
+    load_pretrained,
+    save_pretrained,
+)
+
 __all__ = ["BNT", "MODELS", "STORM", "BrainGNN", "BrainNetCNN", "ClassificationHead", "EmbeddingHead", "FCLinear",
            "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead", "STORMConfig", "SwiFT", "build_model",
-           "count_parameters", "model_applies", "model_input", "register_model"]
+           "count_parameters", "load_encoder", "load_official_checkpoint", "load_pretrained", "model_applies",
+           "model_input", "register_model", "save_pretrained"]

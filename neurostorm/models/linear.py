@@ -30,12 +30,24 @@ def fit_linear(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, ki
     return search.fit(features, targets, groups=groups)
 
 
-def linear_outputs(search: GridSearchCV, features: np.ndarray, kind: str) -> np.ndarray:
-    """(N, 1) predictions for regression; (N, 1) logits for two classes, (N, K) scores for K."""
+def linear_outputs(search: GridSearchCV, features: np.ndarray, kind: str, n_classes: int | None = None
+                   ) -> np.ndarray:
+    """(N, 1) predictions for regression; (N, 1) logits for two classes, (N, K) scores for K.
+
+    Class labels are indices 0..K−1. With ``n_classes`` larger than the classes the model saw in training,
+    the scores are laid out over all K columns and an unseen class scores −inf (probability 0)."""
     if kind == "regression":
         return search.predict(features)[:, None]
     scores = search.decision_function(features)
-    return scores[:, None] if scores.ndim == 1 else scores
+    seen = np.asarray(search.classes_).astype(int)
+    if n_classes is None or len(seen) == n_classes:
+        return scores[:, None] if scores.ndim == 1 else scores
+    full = np.full((len(features), n_classes), -np.inf)
+    if scores.ndim == 1:  # two seen classes: the logit of the second against the first
+        full[:, seen[0]], full[:, seen[1]] = 0.0, scores
+    else:
+        full[:, seen] = scores
+    return full
 
 
 def linear_parameters(search: GridSearchCV) -> int:

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from torch import nn
 
+from neurostorm.models.baselines.fc_linear import FCLinear
+from neurostorm.models.baselines.swift import SwiFT
 from neurostorm.models.encoder import NeuroSTORM, count_parameters
 from neurostorm.models.storm import STORM
 from neurostorm.models.windows import WindowLayout
 
 
-def load_any(name_or_folder: str) -> nn.Module:
+def load_any(name_or_folder: str) -> nn.Module | FCLinear:
     """A registered model name, or a folder written by ``save_pretrained``."""
     if Path(name_or_folder).is_dir():
         from neurostorm.models.weights import load_pretrained
@@ -41,14 +43,24 @@ def encoder_lines(encoder: NeuroSTORM) -> list[str]:
     return lines
 
 
-def describe(model: nn.Module) -> list[str]:
-    """Lines describing a NeuroSTORM encoder or STORM pretraining model."""
+def describe(model: nn.Module | FCLinear) -> list[str]:
+    """Lines describing a model of the registry: input shape and parameter counts."""
+    if isinstance(model, FCLinear):
+        return ["FC + linear (a scikit-learn model, no network): input (B, R, R) Fisher-z FC; features its "
+                "R(R−1)/2 upper-triangle entries, standardised; logistic regression or ridge, regularisation by "
+                "subject-grouped inner CV",
+                "parameters R(R−1)/2 + 1 per output, known once fitted (34,717 per output at Power-264)"]
     if isinstance(model, STORM):
         decoder = count_parameters(model.decoder)
         return [f"STORM pretraining model: {count_parameters(model):,} parameters "
                 f"(encoder {count_parameters(model.encoder):,}, mask tokens {model.window_mask_token.numel():,}, "
                 f"decoder {decoder:,}); mask {model.config.mask_mode} at ratio {model.config.mask_ratio}",
                 *encoder_lines(model.encoder)]
+    if isinstance(model, SwiFT):
+        return [f"SwiFT encoder (window attention, heads {'/'.join(map(str, model.config.heads))})",
+                *encoder_lines(model)]
     if isinstance(model, NeuroSTORM):
         return ["NeuroSTORM encoder", *encoder_lines(model)]
-    return [f"{type(model).__name__}: {count_parameters(model):,} parameters"]
+    n_rois = getattr(getattr(model, "config", None), "n_rois", None)
+    shape = f"; input (B, {n_rois}, {n_rois}) FC (sized to the atlas by data.atlas)" if n_rois else ""
+    return [f"{type(model).__name__}: {count_parameters(model):,} parameters{shape}"]

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,18 +106,27 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.ckpt``/``.pt`` file, read without executing any code from it."""
+def load_checkpoint(path: str | Path) -> object:
+    """A ``.ckpt``/``.pt`` file read with ``weights_only=True``: tensors, containers and plain values only,
+    so loading can never run code. Anything else is refused with the name of what it would have built."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such checkpoint file")
     try:
         with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise InputError(path, f"refused: the checkpoint holds objects other than weights ({err})") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise InputError(path, f"refused: the checkpoint holds a Python object other than weights{what}, and "
+                               "loading it could run code") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise InputError(path, f"not a readable PyTorch checkpoint ({err})") from err
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.ckpt``/``.pt`` file, read without executing any code from it."""
+    checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(path, "no state dict of tensors in the checkpoint")

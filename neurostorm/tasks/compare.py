@@ -3,8 +3,8 @@ metrics with 95 % CIs over subjects. ``neurostorm compare`` and the demo report 
 
 A method is written ``MODEL[@INIT][:MODE]``: ``neurostorm-tiny`` (from scratch, full fine-tuning),
 ``neurostorm-tiny@runs/pretrain/model:prompt``, ``fc-linear``, ``bnt``. Each runs as an ordinary fine-tuning
-run in OUT/runs/<label> (its ``config.yaml`` reruns it alone); OUT/task.yaml is the task as run, so
-``neurostorm compare --task OUT/task.yaml --models ... --out OUT`` reruns the whole table. OUT/table.md,
+run in OUT/runs/<label> (its ``config.yaml`` reruns it alone); OUT/task.yaml is the task as run with its
+methods, so ``neurostorm compare --task OUT/task.yaml --out OUT`` reruns the whole table. OUT/table.md,
 OUT/table.csv and OUT/comparison.png hold the results.
 """
 
@@ -22,14 +22,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.models import model_applies, model_input
 from neurostorm.tasks.evaluation import paired_difference
-from neurostorm.train.config import ExperimentConfig, save_config
+from neurostorm.train.config import ExperimentConfig, read_config_file, save_config
 
-METRICS = {"classification": ("balanced_accuracy", "auroc"), "regression": ("pearson_r", "mae"),
-           "task_state": ("balanced_accuracy",), "image_retrieval": ("top1", "top5"),
-           "reidentification": ("rank1", "mAP")}
+METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)
+    "classification": ("balanced_accuracy", "auroc", "accuracy", "f1_macro"),
+    "regression": ("pearson_r", "mae", "mse"),
+    "task_state": ("balanced_accuracy", "accuracy", "f1_macro", "auroc"),
+    "image_retrieval": ("top1", "top5"),
+    "reidentification": ("rank1", "mAP"),
+}
 MODES = ("full", "prompt", "probe")
 
 
@@ -47,6 +52,12 @@ class Method:
         model, _, init = head.partition("@")
         model_input(model)  # refuses an unknown name
         return cls(label or spec, model, init or "scratch", mode or "full")
+
+    @property
+    def spec(self) -> str:
+        """The ``MODEL[@INIT][:MODE]`` text that parses back to this method."""
+        return self.model + (f"@{self.init}" if self.init != "scratch" else "") + \
+            (f":{self.mode}" if self.mode != "full" else "")
 
     def applies_to(self, kind: str) -> bool:
         return model_applies(self.model, kind, self.mode)
@@ -70,7 +81,7 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     data = dataclasses.replace(config.data, split_file=config.data.split_file or str(out / "split.json"),
                                roi_dir=config.data.roi_dir or str(out / f"roi-{run_folder_name(config.data.atlas)}"))
     config = dataclasses.replace(config, data=data)
-    save_config(config, out / "task.yaml")
+    save_config(config, out / "task.yaml", {"compare": {"methods": [{m.label: m.spec} for m in methods]}})
     kind, rows = config.task.kind, []
     bar = tqdm(methods, desc=f"compare {kind}", unit="method", disable=not progress)
     for method in bar:
@@ -84,10 +95,12 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
         metrics = finetune(method.configure(config), folder)
         row.update(seconds=time.perf_counter() - start, run=str(folder),
                    command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
-                   trainable_parameters=metrics["task"].get("trainable_parameters"), note="")
+                   trainable_parameters=metrics["task"].get("trainable_parameters"),
+                   test_subjects=metrics.get("n_subjects"), note="")
+        undefined = {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan}  # e.g. AUROC without every class
         for name in METRICS[kind]:
-            row.update({name: metrics[name]["value"], f"{name}_ci_low": metrics[name]["ci_low"],
-                        f"{name}_ci_high": metrics[name]["ci_high"]})
+            value = metrics.get(name, undefined)
+            row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
             row[f"{name}_chance"] = metrics.get("chance", {}).get(name, 0.0 if name == "pearson_r" else np.nan)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -115,19 +128,30 @@ def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, st
 
 
 def markdown_table(table: pd.DataFrame, kind: str) -> str:
-    """One line per method: each metric as value [95 % CI], chance, trained parameters, seconds."""
+    """One line per method: each metric as value [95 % CI], chance of the headline metric, test subjects,
+    trained parameters, seconds; a warning line under the table when the test subjects are few."""
     metrics = METRICS[kind]
-    lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + " | chance | trained parameters | "
-             "seconds |", "|---" * (len(metrics) + 4) + "|"]
+    lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + f" | chance ({metrics[0]}) | "
+             "test subjects | trained parameters | seconds |", "|---" * (len(metrics) + 5) + "|"]
     for row in table.to_dict("records"):
         if row.get("note"):
-            lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | {row['note']} |")
+            lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | | {row['note']} |")
             continue
-        cells = [f"{row[m]:.3f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]" for m in metrics]
+        cells = ["—" if pd.isna(row[m]) else f"{row[m]:.3f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]"
+                 for m in metrics]
         chance = row[f"{metrics[0]}_chance"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {'' if pd.isna(chance) else f'{chance:.3f}'}"
-                     f" | {int(row['trainable_parameters'] or 0):,} | {row['seconds']:.0f} |")
+                     f" | {_count(row.get('test_subjects'))} | {int(row['trainable_parameters'] or 0):,} | "
+                     f"{row['seconds']:.0f} |")
+    tested = [int(n) for n in table.get("test_subjects", pd.Series(dtype=float)).dropna()]
+    if tested and min(tested) < FEW_TEST_SUBJECTS:
+        lines += ["", f"**Warning: {min(tested)} test subjects.** 95 % CIs over fewer than {FEW_TEST_SUBJECTS} "
+                      "subjects are too wide to rank methods; use more subjects or data.cv_folds=k."]
     return "\n".join(lines)
+
+
+def _count(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{int(value)}"
 
 
 def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
@@ -154,7 +178,19 @@ def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
 
 
 def parse_methods(specs: str) -> list[Method]:
-    methods = [Method.parse(s.strip()) for s in specs.split(",") if s.strip()]
+    try:
+        methods = [Method.parse(s.strip()) for s in specs.split(",") if s.strip()]
+    except ValueError as err:
+        raise InputError("--models", str(err)) from None
     if not methods:
         raise InputError("--models", "give at least one model")
+    return methods
+
+
+def saved_methods(task_file: str | Path) -> list[Method]:
+    """The methods a comparison's ``task.yaml`` lists (``compare: methods: [{label: spec}, ...]``)."""
+    entries = read_config_file(task_file).get("compare", {}).get("methods", [])
+    methods = [Method.parse(spec, label) for entry in entries for label, spec in entry.items()]
+    if not methods:
+        raise InputError(task_file, "lists no methods (compare: methods:); give --models")
     return methods

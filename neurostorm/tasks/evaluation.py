@@ -119,21 +119,25 @@ def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: li
 
 def plot_loss_curves(log_csv: Path, path: Path) -> Path:
     """Train and validation loss per epoch from a run's CSV log (and the mean predictor's, if logged)."""
-    log = pd.read_csv(log_csv)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6, 4))
+    loss_figure(pd.read_csv(log_csv)).savefig(path, dpi=120)
+    return path
+
+
+def loss_figure(log: pd.DataFrame) -> Figure:
+    """Loss per epoch (1-based, whole-epoch ticks) from a CSV log; the legend beside the axes."""
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.subplots()
+    epochs = 1 + log["epoch"].dropna().astype(int).max() if "epoch" in log and log["epoch"].notna().any() else 1
     for column, label in (("train_loss_epoch", "train loss"), ("val_loss", "val loss"),
-                          ("val_loss_mean_predictor", "val loss of predicting the clip mean")):
+                          ("val_loss_mean_predictor", "val loss of predicting\nthe clip mean")):
         if column in log:
             rows = log[["epoch", column]].dropna().groupby("epoch")[column].mean()
             ax.plot(rows.index + 1, rows.to_numpy(), marker="o", label=label)
-    ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch", xlim=(0.5, epochs + 0.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    fig.legend(loc="outside right upper")  # beside the axes, never over a point
+    return fig
 
 
 def _scatter(predicted: np.ndarray, true: np.ndarray, path: Path) -> Path:

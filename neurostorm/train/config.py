@@ -162,25 +162,41 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def read_config_file(source: str | Path | None) -> dict:
+    """The raw mapping of a preset or a YAML file (empty for None)."""
+    if source is None:
+        return {}
+    if str(source) in PRESETS:
+        return dict(PRESETS[str(source)])
+    path = Path(source)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(path, f"not a readable YAML config ({err})") from err
+    if not isinstance(values, dict):
+        raise InputError(path, f"a config is a YAML mapping of sections, got {type(values).__name__}")
+    return values
+
+
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """A preset name or a YAML file, then ``key=value`` overrides, validated into an ExperimentConfig."""
-    values: dict = {}
-    if source is not None and str(source) in PRESETS:
-        values = PRESETS[str(source)]
-    elif source is not None:
-        path = Path(source)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise InputError(path, f"not a readable YAML config ({err})") from err
+    values = read_config_file(source)
+    values.pop("compare", None)  # the methods of a comparison's task.yaml (neurostorm.tasks.compare)
     for text in overrides:
         values = _merge(values, parse_override(text))
     try:
-        return _build(ExperimentConfig, values, str(source or "config"))
+        config = _build(ExperimentConfig, values, str(source or "config"))
     except (TypeError, ValueError) as err:
         raise InputError(source or "config", str(err)) from err
+    from neurostorm.models import MODELS  # the registry imports torch: only once a config is read
+
+    if config.model.name not in MODELS:
+        raise InputError(source or "config", f"unknown model.name {config.model.name!r}; available: "
+                                             f"{', '.join(sorted(MODELS))}")
+    return config
 
 
-def save_config(config: ExperimentConfig, path: Path) -> None:
-    plain = json.loads(json.dumps(config.to_dict()))  # tuples → lists, which YAML's safe dumper writes
+def save_config(config: ExperimentConfig, path: Path, extra: dict | None = None) -> None:
+    """The complete configuration as YAML, with ``extra`` top-level sections (a comparison's methods)."""
+    plain = json.loads(json.dumps({**config.to_dict(), **(extra or {})}))  # tuples → lists for YAML
     path.write_text(yaml.safe_dump(plain, sort_keys=False))

@@ -8,6 +8,7 @@ only their manifest at start-up; runs are opened on first read.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +64,12 @@ class LabelledClips(L.LightningDataModule):
         self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
         if config.task.kind == "task_state":
             self._event_clips(config, split_file)
-            return
+        else:
+            self._labelled_clips(config, split_file)
+        self._warn_missing_classes(split_file)
+
+    def _labelled_clips(self, config: ExperimentConfig, split_file: Path) -> None:
+        """Subject labels: clips (or one FC matrix per run) of each split's subjects."""
         if config.task.label is None:
             raise InputError("config", "task.label is not set: which label column to predict")
         if config.task.label not in self.store.manifest.columns:
@@ -96,6 +102,17 @@ class LabelledClips(L.LightningDataModule):
         self.datasets = {name: EventClipDataset(self.store, self.split[name], data.sequence_length, data.stride,
                                                 task.events, task.events_delay, task.exclude_conditions)
                          for name in ("train", "val", "test")}
+
+    def _warn_missing_classes(self, split_file: Path) -> None:
+        """Classes index the whole label column; say so when a split's training set lacks some of them."""
+        if not self.classes:
+            return
+        seen = set(np.unique(self.train_targets()).astype(int))
+        missing = [c for k, c in enumerate(self.classes) if k not in seen]
+        if missing:
+            warnings.warn(f"{split_file}: the training subjects hold no {', '.join(missing)} of "
+                          f"{self.config.task.label or 'the conditions'!r} (classes {self.classes}); the model "
+                          "cannot learn to predict them", stacklevel=2)
 
     @property
     def classes(self) -> list[str] | None:
@@ -196,16 +213,34 @@ class PretrainClips(L.LightningDataModule):
                           num_workers=self.config.data.num_workers)
 
 
+def _pool_factor(size: tuple[int, ...], img_size: tuple[int, ...]) -> int | None:
+    """The integer k with size = k · img_size on every axis, or None."""
+    factors = {s // m for s, m in zip(size, img_size, strict=True) if m and s % m == 0}
+    k = factors.pop() if len(factors) == 1 else None
+    return k if k and all(s == m * k for s, m in zip(size, img_size, strict=True)) else None
+
+
+def check_stores_fit(paths: list[str], img_size: tuple[int, int, int], model: str) -> None:
+    """Refuse, naming the store, a store whose grid the model cannot read (clips pool down by an integer
+    factor, never up)."""
+    for path in paths:
+        store = Store(path)
+        shape = tuple(store.info["grid"]["shape"])
+        if _pool_factor(shape, tuple(img_size)) is None:
+            raise InputError(store.location, f"its clips of {shape} voxels ({store.info['grid']['name']}) do not fit "
+                                             f"{model}'s input of {tuple(img_size)}: preprocess with the --grid "
+                                             "of that size, or use a model for this grid")
+
+
 def fit_to_model(x: torch.Tensor, img_size: tuple[int, int, int]) -> torch.Tensor:
     """Average-pool clips (B, 1, X, Y, Z, T) from a finer store grid to the model's input size (integer factor)."""
     size = tuple(x.shape[2:5])
     if size == tuple(img_size):
         return x
-    factors = {s // m for s, m in zip(size, img_size, strict=True) if m and s % m == 0}
-    if len(factors) != 1 or any(s != m * next(iter(factors)) for s, m in zip(size, img_size, strict=True)):
+    k = _pool_factor(size, tuple(img_size))
+    if k is None:
         raise ValueError(f"clips of {size} voxels do not fit the model's {tuple(img_size)}; preprocess with the "
                          "matching --grid")
-    k = factors.pop()
     b, _, _, _, _, t = x.shape
     frames = x.permute(0, 5, 1, 2, 3, 4).reshape(b * t, 1, *size)
     pooled = torch.nn.functional.avg_pool3d(frames, k)

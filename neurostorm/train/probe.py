@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from neurostorm.data.store import write_json_atomic, write_npz_atomic
+from neurostorm.errors import InputError
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
@@ -54,10 +55,13 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
         features, mode = cached_embeddings(initial_encoder(config), data, run_dir), "probe"
     fit = {k: np.concatenate([features["train"][k], features["val"][k]]) for k in ("output", "subject", "y")}
     kind = config.task.kind
+    n_classes = 1 if kind == "regression" else len(data.classes)
+    if kind != "regression" and len(np.unique(fit["y"])) < 2:
+        raise InputError(data.store.location, f"the training subjects of this split hold one class of "
+                                              f"{config.task.label!r} only: nothing to fit")
     search = fit_linear(fit["output"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
     test = features["test"]
-    outputs = linear_outputs(search, test["output"], kind)
-    n_classes = 1 if kind == "regression" else len(data.classes)
+    outputs = linear_outputs(search, test["output"], kind, n_classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
     frame.to_csv(run_dir / "predictions.csv", index=False)
     task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -127,13 +128,29 @@ def _fit(config: ExperimentConfig, run_dir: Path, module: ContrastiveModule, tra
     from neurostorm.train.run import _trainer
 
     b, workers = config.data.batch_size, config.data.num_workers
-    trainer = _trainer(config, run_dir, monitor="val_loss", mode="min")
+    trainer = _trainer(config, run_dir, monitor="val_loss", mode="min", steps_per_epoch=module.steps_per_epoch)
     trainer.fit(module, DataLoader(train, batch_size=b, shuffle=True, num_workers=workers, drop_last=len(train) > b),
                 DataLoader(val, batch_size=b, num_workers=workers), weights_only=True)
     best = trainer.checkpoint_callback.best_model_path
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
+
+
+def _conditions_without_embedding(store: Store, config: ExperimentConfig, names: list[str]) -> list[str]:
+    """Conditions of the store's events that ``task.stimuli`` has no embedding for (blocks of a task run
+    beside the image runs, say): left out with a warning; refused when no condition has one."""
+    task, data = config.task, config.data
+    conditions = EventClipDataset(store, None, data.sequence_length, data.stride, task.events, task.events_delay,
+                                  task.exclude_conditions).classes
+    unmatched = sorted(set(conditions) - set(names))
+    if len(unmatched) == len(conditions):
+        raise InputError(task.stimuli, f"no embedding for any condition of the store's events "
+                                       f"({', '.join(unmatched[:5])}); names: {', '.join(names[:5])}")
+    if unmatched:
+        warnings.warn(f"{task.stimuli}: no embedding for condition(s) {', '.join(unmatched[:8])}: their clips are "
+                      "left out", stacklevel=2)
+    return unmatched
 
 
 def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
@@ -147,11 +164,9 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     if task.kind == "image_retrieval":
         names, vectors = read_stimuli(task.stimuli)
+        exclude = [*task.exclude_conditions, *_conditions_without_embedding(store, config, names)]
         sets = {s: EventClipDataset(store, split[s], data.sequence_length, data.stride, task.events,
-                                    task.events_delay, task.exclude_conditions) for s in ("train", "val", "test")}
-        missing = sorted(set(sets["train"].classes) - set(names))
-        if missing:
-            raise InputError(task.stimuli, f"no embedding for stimuli {missing[:5]}")
+                                    task.events_delay, exclude) for s in ("train", "val", "test")}
         row = np.array([names.index(c) for c in sets["train"].classes])  # dataset class → embedding row
         images = vectors[row]  # (classes, D) in the datasets' class order
     else:

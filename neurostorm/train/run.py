@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -44,7 +44,8 @@ from neurostorm.models.weights import (
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
-from neurostorm.train.data import LabelledClips, PretrainClips, fit_to_model, over_clips
+from neurostorm.train.csv_log import RunCSVLogger, completed_epoch
+from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips
 from neurostorm.train.modules import AdaptModule, PretrainModule
 
 
@@ -110,10 +111,15 @@ class SampleRecord(Callback):
         (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
 
 
-def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max") -> L.Trainer:
+def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max",
+             resume_from: Path | None = None, steps_per_epoch: int | None = None) -> L.Trainer:
+    """A Lightning trainer with the run's logs, checkpoints and random-state callback; the logging interval
+    is at most one epoch's steps (so short runs log every epoch's steps without Lightning's warning)."""
     t, o = config.trainer, config.optim
     logging.getLogger("lightning.pytorch").setLevel(logging.INFO if t.progress else logging.WARNING)
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
+    resumed_after = completed_epoch(resume_from) if resume_from is not None else None
+    log_interval = max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps))
+    loggers = [RunCSVLogger(run_dir, resumed_after), TensorBoardLogger(run_dir, name="logs", version="")]
     if t.wandb_project:
         if importlib.util.find_spec("wandb") is None:
             raise InputError("config", "trainer.wandb_project is set but the wandb package is not installed")
@@ -126,7 +132,7 @@ def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode:
     return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
                      gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
-                     callbacks=callbacks, log_every_n_steps=t.log_every_n_steps,
+                     callbacks=callbacks, log_every_n_steps=log_interval,
                      default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
 
 
@@ -147,22 +153,33 @@ def _resume_path(run_dir: Path, resume: bool) -> Path | None:
 
 def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None) -> NeuroSTORM:
     """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt. A model that
-    reads connectivity is sized to the atlas of ``data``."""
+    reads connectivity is sized to the atlas of ``data``; one that reads clips must fit every store's grid."""
     m = config.model
+    path = Path(m.init)
     if m.init == "scratch":
         sized = {"n_rois": data.datasets["train"].matrices.shape[1]} if data is not None and data.input == "fc" else {}
-        return build_model(m.name, **{**sized, **m.overrides})
-    path = Path(m.init)
-    if path.is_dir():
-        return load_encoder(path, **m.overrides)
-    if path.suffix in (".ckpt", ".pt", ".pth"):
-        encoder = build_model(m.name, **m.overrides)
+        encoder = _build(m.name, **{**sized, **m.overrides})
+    elif path.is_dir():
+        encoder = load_encoder(path, **m.overrides)
+    elif path.suffix in (".ckpt", ".pt", ".pth"):
+        encoder = _build(m.name, **m.overrides)
         report = load_official_checkpoint(path, encoder)
         if not report.loaded:
             raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
         print(f"{path}: {report}")
-        return encoder
-    raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
+    else:
+        raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
+    if isinstance(encoder, NeuroSTORM):
+        check_stores_fit([s.path for s in config.data.stores], encoder.config.img_size, m.name)
+    return encoder
+
+
+def _build(name: str, **overrides):
+    """A registry model from the configuration; an unknown name or setting is the user's input error."""
+    try:
+        return build_model(name, **overrides)
+    except ValueError as err:
+        raise InputError("model", str(err)) from None
 
 
 def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
@@ -170,14 +187,17 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     run_dir = _start(config, run_dir)
     name = config.model.name if "-mae-" in config.model.name else config.model.name.replace("neurostorm-",
                                                                                               "neurostorm-mae-")
-    model = build_model(name, **config.model.overrides)
+    model = _build(name, **config.model.overrides)
+    check_stores_fit([s.path for s in config.data.stores], model.config.encoder.img_size, name)
     data = PretrainClips(config, run_dir)
     model.start_at_intensity(data.mean_intensity(model.config.encoder.img_size))  # a resumed run loads its own
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
-    trainer = _trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min")
+    checkpoint = _resume_path(run_dir, resume)
+    trainer = _trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min",
+                       resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(run_dir, resume), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     summary = {key: float(value) for key, value in trainer.callback_metrics.items()}
     summary["seconds"] = time.perf_counter() - start
     if trainer.is_global_zero:
@@ -224,9 +244,10 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
         print(prompt_tuning(encoder, head, config.prompt_tokens))
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
     module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
-    trainer = _trainer(config, run_dir, monitor="val_score")
+    checkpoint = _resume_path(run_dir, resume)
+    trainer = _trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(run_dir, resume), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path
     if best:  # test the best checkpoint by validation, not the last one
@@ -325,6 +346,7 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
         raise InputError("config", "data.stores is empty: give the store to predict on")
     out_dir = _start(config, out_dir)
     module, task = load_adapted(folder, config.optim)
+    check_stores_fit([config.data.stores[0].path], module.encoder.config.img_size, str(folder))
     frame = predict_clips(module, _all_clips(config, config.data.stores[0].path))
     frame.to_csv(out_dir / "predictions.csv", index=False)
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
