@@ -65,7 +65,7 @@ def test_the_readme_has_commands_to_run():
     assert any(line.startswith("python -m benchmarks.haxby") for line in commands)
 
 
-@pytest.mark.parametrize("line", readme_commands())
+@pytest.mark.parametrize("line", readme_commands(), ids=lambda line: " ".join(line.split()[:4]))
 def test_readme_command(readme_folder, line):
     run(line, readme_folder)
 

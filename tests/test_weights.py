@@ -124,3 +124,12 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
     assert "weights_only=False" not in str(refused.value)  # never advise the unsafe retry
     with pytest.raises(InputError, match="no such checkpoint"):
         read_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_the_weights_functions_are_exported_where_users_look():
+    import neurostorm
+    import neurostorm.models
+    from neurostorm.models import weights
+
+    for name in ("save_pretrained", "load_pretrained", "load_encoder", "load_official_checkpoint"):
+        assert getattr(neurostorm, name) is getattr(neurostorm.models, name) is getattr(weights, name)

@@ -81,7 +81,8 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     data = dataclasses.replace(config.data, split_file=config.data.split_file or str(out / "split.json"),
                                roi_dir=config.data.roi_dir or str(out / f"roi-{run_folder_name(config.data.atlas)}"))
     config = dataclasses.replace(config, data=data)
-    save_config(config, out / "task.yaml", {"compare": {"methods": [{m.label: m.spec} for m in methods]}})
+    entries = [m.spec if m.label == m.spec else {m.label: m.spec} for m in methods]  # a label where it differs
+    save_config(config, out / "task.yaml", {"compare": {"methods": entries}})
     kind, rows = config.task.kind, []
     bar = tqdm(methods, desc=f"compare {kind}", unit="method", disable=not progress)
     for method in bar:
@@ -188,9 +189,10 @@ def parse_methods(specs: str) -> list[Method]:
 
 
 def saved_methods(task_file: str | Path) -> list[Method]:
-    """The methods a comparison's ``task.yaml`` lists (``compare: methods: [{label: spec}, ...]``)."""
+    """The methods a comparison's ``task.yaml`` lists (``compare: methods: [spec | {label: spec}, ...]``)."""
     entries = read_config_file(task_file).get("compare", {}).get("methods", [])
-    methods = [Method.parse(spec, label) for entry in entries for label, spec in entry.items()]
+    pairs = [next(iter(e.items())) if isinstance(e, dict) else (e, e) for e in entries]
+    methods = [Method.parse(spec, label) for label, spec in pairs]
     if not methods:
         raise InputError(task_file, "lists no methods (compare: methods:); give --models")
     return methods
