@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, output_grid, simulate_cohort
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

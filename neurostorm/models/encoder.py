@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neurostorm.models.mamba import Backend, Mamba
+from neurostorm.models.mamba import BACKENDS, Backend, Mamba
 from neurostorm.models.strd import strd
 from neurostorm.models.windows import (
     PatchEmbed,
@@ -53,11 +53,13 @@ class NeuroSTORMConfig:
     prompt_tokens: int = 0  # task-specific prompt tokens per block (0: none)
     strd: bool = False  # spatiotemporal redundancy dropout in every block (pretraining)
     checkpoint_blocks: bool = False  # recompute block activations in the backward pass (saves memory)
-    backend: Backend = "auto"  # selective scan: auto | torch | cuda | reference
+    backend: Backend = "auto"  # selective scan: auto | torch (CPU numba) | triton | cuda (mamba_ssm) | reference
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "depths", "window"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if any(i % p for i, p in zip(self.img_size, self.patch_size, strict=True)):
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if any((i // p) % 2 ** (len(self.depths) - 1) for i, p in zip(self.img_size, self.patch_size, strict=True)):

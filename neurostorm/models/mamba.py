@@ -1,15 +1,25 @@
 """A Mamba-1 layer with the parameters of ``mamba_ssm.Mamba``, runnable on CPU and on CUDA.
 
-One set of weights, two scans: our fused CPU kernel (:mod:`neurostorm.models.scan`) and, when the
-``mamba-ssm`` package is installed and the tensor lives on a GPU, its ``selective_scan_fn`` CUDA kernel.
-Parameter names, shapes and initialisation are those of ``mamba_ssm.Mamba(d_model, d_state=16, d_conv=4,
-expand=2)``, so a state dict moves between this layer, the CUDA path and the reference code unchanged.
+One set of weights, several scans (``backend``):
+
+- ``numba``-compiled CPU kernel (:mod:`neurostorm.models.scan`), name ``"torch"``: CPU tensors;
+- ``"triton"`` (:mod:`neurostorm.models.scan_triton`): CUDA tensors, with nothing to compile at install time
+  (Triton ships with every CUDA build of PyTorch); CPU tensors under ``TRITON_INTERPRET=1`` (tests);
+- ``"cuda"``: ``mamba_ssm``'s ``selective_scan_fn`` CUDA kernel, when that package is installed;
+- ``"reference"``: a plain PyTorch loop, slow, for tests;
+- ``"auto"``: on CUDA ``mamba_ssm`` when importable, else Triton; on the CPU the numba kernel.
+
+A tensor is never copied between devices to be scanned. Parameter names, shapes and initialisation are
+those of ``mamba_ssm.Mamba(d_model, d_state=16, d_conv=4, expand=2)``, so a state dict moves between this
+layer, the CUDA path and the reference code unchanged.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -19,12 +29,55 @@ from torch import nn
 
 from neurostorm.models.scan import selective_scan, selective_scan_reference
 
-Backend = Literal["auto", "torch", "cuda", "reference"]
+Backend = Literal["auto", "torch", "triton", "cuda", "reference"]
+BACKENDS = ("auto", "torch", "triton", "cuda", "reference")
 
 
 def mamba_ssm_available() -> bool:
-    """True when the ``mamba_ssm`` CUDA kernels can be imported."""
+    """True when the ``mamba_ssm`` CUDA kernels can be imported and a GPU is there."""
     return importlib.util.find_spec("mamba_ssm") is not None and torch.cuda.is_available()
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def scan_backend(backend: str, device: torch.device | str) -> str:
+    """The scan that ``backend`` runs for tensors on ``device``: ``"torch"`` (our numba CPU kernel),
+    ``"triton"``, ``"cuda"`` (mamba_ssm) or ``"reference"``. Raises a ValueError saying what is missing
+    when that scan cannot run there."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "torch"
+        if mamba_ssm_available():
+            return "cuda"
+        if triton_available():
+            return "triton"
+        raise ValueError(f"no selective scan for {device.type} tensors: install triton (it comes with CUDA "
+                         "builds of PyTorch) or mamba-ssm")
+    if backend == "torch" and device.type != "cpu":
+        raise ValueError(f"backend='torch' is the CPU kernel; the tensors are on {device.type} "
+                         "(use backend='auto' or 'triton')")
+    if backend == "cuda" and not (mamba_ssm_available() and device.type == "cuda"):
+        raise ValueError("backend='cuda' needs the mamba-ssm package and CUDA tensors")
+    if backend == "triton" and not (triton_available() and _triton_runs_on(device)):
+        raise ValueError("backend='triton' needs the triton package and CUDA tensors (or TRITON_INTERPRET=1 "
+                         "for CPU tensors)")
+    return backend
+
+
+def describe_scan_backends() -> str:
+    """One line saying which scan runs where on this machine (for ``neurostorm info`` and logs)."""
+    gpu = "mamba_ssm CUDA kernel" if mamba_ssm_available() else \
+        "Triton kernel" if triton_available() else "none (install triton or mamba-ssm)"
+    return f"selective scan (backend auto): CPU numba kernel; CUDA {gpu}"
 
 
 def _cuda_selective_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's names
@@ -34,12 +87,23 @@ def _cuda_selective_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's name
     return selective_scan_fn(u, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float())
 
 
+def _triton_selective_scan(u, delta, A, B, C, D):  # noqa: N803 - the paper's names
+    from neurostorm.models.scan_triton import selective_scan_triton
+
+    return selective_scan_triton(u, delta, A, B, C, D)
+
+
+SCAN_NAMES = {"torch": "numba CPU kernel", "triton": "Triton kernel", "cuda": "mamba_ssm CUDA kernel",
+              "reference": "plain PyTorch loop"}
+SCANS: dict[str, Callable[..., torch.Tensor]] = {"torch": selective_scan, "triton": _triton_selective_scan,
+                                                 "cuda": _cuda_selective_scan, "reference": selective_scan_reference}
+
+
 class Mamba(nn.Module):
     """Mamba-1 selective state-space layer (Gu & Dao, 2023).
 
-    Maps (B, L, d_model) to (B, L, d_model). ``backend``: ``auto`` uses the mamba_ssm CUDA kernel for CUDA
-    tensors when installed and our CPU kernel otherwise; ``torch`` forces our kernel (CPU only);
-    ``cuda`` requires mamba_ssm; ``reference`` is the slow plain-PyTorch loop, for tests.
+    Maps (B, L, d_model) to (B, L, d_model). ``backend`` picks the selective scan (see the module
+    docstring); ``auto`` takes the fastest one available for the tensors' device.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -70,17 +134,8 @@ class Mamba(nn.Module):
         for p in (self.A_log, self.D):
             p._no_weight_decay = True
 
-    def _scan(self, u: torch.Tensor):
-        if self.backend == "reference":
-            return selective_scan_reference
-        if self.backend == "cuda" or (self.backend == "auto" and u.is_cuda and mamba_ssm_available()):
-            if not mamba_ssm_available():
-                raise RuntimeError("backend='cuda' needs the mamba-ssm package and a CUDA device")
-            return _cuda_selective_scan
-        if u.is_cuda:
-            # no CUDA kernel: run our CPU kernel on a copy (slow, but the same numbers)
-            return lambda *args: selective_scan(*(a.cpu() for a in args)).to(u.device)
-        return selective_scan
+    def _scan(self, u: torch.Tensor) -> Callable[..., torch.Tensor]:
+        return SCANS[scan_backend(self.backend, u.device)]
 
     def causal_conv(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise causal convolution over time + SiLU: (B, L, E) → (B, L, E).

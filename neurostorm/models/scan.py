@@ -222,7 +222,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     float64 input).
     """
     if u.device.type != "cpu":
-        raise ValueError("selective_scan is the CPU kernel; on CUDA the mamba_ssm backend is used")
+        raise ValueError("selective_scan is the CPU kernel; CUDA tensors take the triton or cuda backend")
     return _SelectiveScan.apply(u, delta, A, B, C, D, torch.is_grad_enabled())
 
 

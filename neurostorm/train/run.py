@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -34,6 +35,7 @@ from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_applies
 from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
 from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.weights import (
     load_encoder,
@@ -111,6 +113,19 @@ class SampleRecord(Callback):
         (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
 
 
+class ScanReport(Callback):
+    """Says which selective scan the model runs on which device, once training starts: on the console (with
+    progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard)."""
+
+    def on_fit_start(self, trainer, module) -> None:
+        layers = [m for m in module.modules() if isinstance(m, Mamba)]
+        if layers:
+            scan = scan_backend(layers[0].backend, module.device)
+            rank_zero_info(f"selective scan: backend {scan} ({SCAN_NAMES[scan]}) on {module.device}")
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"selective_scan": scan, "device": str(module.device)})
+
+
 def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max",
              resume_from: Path | None = None, steps_per_epoch: int | None = None) -> L.Trainer:
     """A Lightning trainer with the run's logs, checkpoints and random-state callback; the logging interval
@@ -128,7 +143,8 @@ def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode:
         loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
-    callbacks = [checkpoint, RandomState()] + ([SampleRecord(run_dir / "samples")] if t.record_samples else [])
+    callbacks = [checkpoint, RandomState(), ScanReport()]
+    callbacks += [SampleRecord(run_dir / "samples")] if t.record_samples else []
     return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
                      gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
