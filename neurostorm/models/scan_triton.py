@@ -34,6 +34,21 @@ SUPPORTED_STATES = (2, 4, 8, 16, 32)
 
 
 @triton.jit
+def _program(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, n_chan, s_ub, s_ue, s_db, s_de, s_bb,
+             N: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's sequence and channel block: channel indices (BLOCK,), state indices (N,), the channel
+    mask, A (BLOCK, N) and D (BLOCK,) in float32, and pointers to its u, Δ (at t = 0) and B, C."""
+    seq, block = tl.program_id(0), tl.program_id(1)
+    channels = block * BLOCK + tl.arange(0, BLOCK)
+    states = tl.arange(0, N)
+    chan_ok = channels < n_chan
+    A = tl.load(a_ptr + channels[:, None] * N + states[None, :], mask=chan_ok[:, None], other=0.0).to(tl.float32)
+    D = tl.load(d_ptr + channels, mask=chan_ok, other=0.0).to(tl.float32)
+    u_seq, delta_seq = u_ptr + seq * s_ub + channels * s_ue, delta_ptr + seq * s_db + channels * s_de
+    return seq, block, channels, states, chan_ok, A, D, u_seq, delta_seq, b_ptr + seq * s_bb, c_ptr + seq * s_bb
+
+
+@triton.jit
 def _step(u_ptr, delta_ptr, b_ptr, c_ptr, t, length, chan_ok, states, s_ul, s_dl, s_bl, A):
     """Inputs of step t (zeros past the end): u, Δ (BLOCK_E,), B, C (N,), the decay exp(ΔA) (BLOCK_E, N),
     and the masks of real steps over channels and states.
@@ -53,14 +68,8 @@ def _scan_forward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_ptr, st
                          length, n_chan, n_chunks,
                          s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_bb, s_bl, s_yb, s_ye, s_yl,
                          N: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr, SAVE: tl.constexpr):
-    seq, block = tl.program_id(0), tl.program_id(1)
-    channels = block * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
-    states = tl.arange(0, N)  # (N,)
-    chan_ok = channels < n_chan
-    A = tl.load(a_ptr + channels[:, None] * N + states[None, :], mask=chan_ok[:, None], other=0.0).to(tl.float32)
-    D = tl.load(d_ptr + channels, mask=chan_ok, other=0.0).to(tl.float32)
-    u_seq, delta_seq = u_ptr + seq * s_ub + channels * s_ue, delta_ptr + seq * s_db + channels * s_de
-    b_seq, c_seq = b_ptr + seq * s_bb, c_ptr + seq * s_bb
+    seq, block, channels, states, chan_ok, A, D, u_seq, delta_seq, b_seq, c_seq = _program(
+        u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, n_chan, s_ub, s_ue, s_db, s_de, s_bb, N, BLOCK)
     y_seq = y_ptr + seq * s_yb + channels * s_ye
     h = tl.zeros((BLOCK, N), dtype=tl.float32)
     for chunk in range(n_chunks):
@@ -82,14 +91,8 @@ def _scan_backward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, dy_ptr, 
                           length, n_chan, n_chunks,
                           s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_bb, s_bl, s_yb, s_ye, s_yl, s_gb, s_ge, s_gl,
                           N: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr):
-    seq, block = tl.program_id(0), tl.program_id(1)
-    channels = block * BLOCK + tl.arange(0, BLOCK)
-    states = tl.arange(0, N)
-    chan_ok = channels < n_chan
-    A = tl.load(a_ptr + channels[:, None] * N + states[None, :], mask=chan_ok[:, None], other=0.0).to(tl.float32)
-    D = tl.load(d_ptr + channels, mask=chan_ok, other=0.0).to(tl.float32)
-    u_seq, delta_seq = u_ptr + seq * s_ub + channels * s_ue, delta_ptr + seq * s_db + channels * s_de
-    b_seq, c_seq = b_ptr + seq * s_bb, c_ptr + seq * s_bb
+    seq, block, channels, states, chan_ok, A, D, u_seq, delta_seq, b_seq, c_seq = _program(
+        u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, n_chan, s_ub, s_ue, s_db, s_de, s_bb, N, BLOCK)
     dy_seq = dy_ptr + seq * s_yb + channels * s_ye
     du_seq, ddelta_seq = du_ptr + seq * s_gb + channels * s_ge, ddelta_ptr + seq * s_gb + channels * s_ge
     db_seq, dc_seq = db_ptr + seq * length * N, dc_ptr + seq * length * N  # float32 (Bs, L, N), contiguous
