@@ -135,3 +135,16 @@ def test_the_gpu_check_runs_its_parity_rows_without_a_gpu_and_says_so():
     parity, note = gpu.run(quick=True)
     assert parity["worst"] < 2e-5 and set(parity) >= {"y", "du", "ddelta", "dA", "dB", "dC", "dD"}
     assert note["note"] == "GPU figures: not measured (no CUDA device)"
+
+
+@pytest.mark.skipif(mamba.mamba_ssm_available(), reason="the cuda backend runs here")
+def test_a_configured_backend_that_cannot_run_here_is_one_line_before_training(labelled_store, tmp_path, capsys):
+    from neurostorm.cli import main
+
+    argv = ["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex", "optim.epochs=1",
+            "model.overrides={backend: cuda}", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert errors == ["neurostorm finetune: model.overrides.backend: backend='cuda' needs the mamba-ssm package "
+                      "and CUDA tensors"]
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

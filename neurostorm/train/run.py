@@ -115,12 +115,16 @@ class SampleRecord(Callback):
 
 class ScanReport(Callback):
     """Says which selective scan the model runs on which device, once training starts: on the console (with
-    progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard)."""
+    progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard); refuses a
+    configured backend that cannot run on that device before any step."""
 
     def on_fit_start(self, trainer, module) -> None:
         layers = [m for m in module.modules() if isinstance(m, Mamba)]
         if layers:
-            scan = scan_backend(layers[0].backend, module.device)
+            try:
+                scan = scan_backend(layers[0].backend, module.device)
+            except ValueError as err:  # a backend chosen in the configuration that cannot run here
+                raise InputError("model.overrides.backend", str(err)) from None
             rank_zero_info(f"selective scan: backend {scan} ({SCAN_NAMES[scan]}) on {module.device}")
             for logger in trainer.loggers:
                 logger.log_hyperparams({"selective_scan": scan, "device": str(module.device)})
