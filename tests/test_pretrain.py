@@ -67,9 +67,13 @@ def test_resume_after_sigkill_reaches_the_same_weights(labelled_store, tmp_path)
 
     subprocess.run(command(straight), check=True, capture_output=True)
     child = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.ckpt"
+    last, log = killed / "checkpoints" / "last.ckpt", killed / "logs" / "metrics.csv"
+
+    def first_epoch_logged() -> bool:  # its checkpoint and its end-of-epoch row are on disk
+        return last.exists() and log.exists() and "train_loss_epoch" in log.read_text()
+
     deadline = time.time() + 300
-    while not last.exists() and child.poll() is None and time.time() < deadline:
+    while not first_epoch_logged() and child.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()

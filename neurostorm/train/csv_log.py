@@ -1,8 +1,10 @@
 """The CSV log of a run (RUN/logs/metrics.csv), continued rather than restarted when the run resumes.
 
-Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts. A resumed run keeps the rows of
-every epoch its checkpoint completed (rows of a half-finished epoch after it are dropped: that epoch is
-trained again) and writes them back at once, so a second crash loses nothing either.
+Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts, and writes rows only every 100
+steps and at the end. Here the rows are written at every checkpoint and every epoch start
+(:class:`FlushLogs`), and a resumed run keeps the rows of every epoch its checkpoint completed (rows of a
+half-finished epoch after it are dropped: that epoch is trained again), writing them back at once, so a
+second crash loses nothing either.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -42,6 +45,21 @@ class ContinuedWriter(ExperimentWriter):
         super().__init__(log_dir)  # removes metrics.csv
         self.metrics = [row for row in earlier if "epoch" in row and row["epoch"] <= last_epoch]
         self.save()
+
+
+class FlushLogs(Callback):
+    """Writes the loggers' pending rows to disk at every checkpoint and at the start of every epoch (when the
+    previous epoch's end-of-epoch rows have been logged), so a crash loses at most the rows since then."""
+
+    def _flush(self, trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        self._flush(trainer)
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._flush(trainer)
 
 
 class RunCSVLogger(CSVLogger):

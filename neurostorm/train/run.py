@@ -46,7 +46,7 @@ from neurostorm.models.weights import (
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
-from neurostorm.train.csv_log import RunCSVLogger, completed_epoch
+from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips
 from neurostorm.train.modules import AdaptModule, PretrainModule
 
@@ -147,7 +147,7 @@ def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode:
         loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
-    callbacks = [checkpoint, RandomState(), ScanReport()]
+    callbacks = [checkpoint, RandomState(), ScanReport(), FlushLogs()]
     callbacks += [SampleRecord(run_dir / "samples")] if t.record_samples else []
     return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
