@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 16  # time steps unrolled per chunk; the backward pass keeps a chunk's states in registers
+CHUNK = 16  # time steps unrolled per chunk; the backward pass keeps a chunk's states in a per-program scratch
 BLOCK_E = 32  # channels per program
 SUPPORTED_STATES = (2, 4, 8, 16, 32)
 
@@ -53,8 +53,8 @@ def _step(u_ptr, delta_ptr, b_ptr, c_ptr, t, length, chan_ok, states, s_ul, s_dl
     """Inputs of step t (zeros past the end): u, Δ (BLOCK_E,), B, C (N,), the decay exp(ΔA) (BLOCK_E, N),
     and the masks of real steps over channels and states.
     ``u_ptr``, ``delta_ptr`` point at the block's channels at t = 0; B, C at the sequence's t = 0."""
-    ok_e = chan_ok & (tl.full(chan_ok.shape, t, tl.int32) < length)  # (BLOCK,): a channel at a real step
-    ok_n = tl.full(states.shape, t, tl.int32) < length  # (N,)
+    ok_e = chan_ok & (t + tl.zeros(chan_ok.shape, tl.int32) < length)  # (BLOCK,): a channel at a real step
+    ok_n = t + tl.zeros(states.shape, tl.int32) < length  # (N,)
     u = tl.load(u_ptr + t * s_ul, mask=ok_e, other=0.0).to(tl.float32)
     delta = tl.load(delta_ptr + t * s_dl, mask=ok_e, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + t * s_bl + states, mask=ok_n, other=0.0).to(tl.float32)
