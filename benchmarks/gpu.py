@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import median_seconds
+from benchmarks.scan import LENGTH, STATES, mambapy_scan
+from benchmarks.scan import scan_inputs as cpu_scan_inputs
 
-STAGES = {"stage1": (2560, 72), "stage3": (40, 288)}  # windows at batch 8, channels E
-LENGTH, STATES = 256, 16
+STAGES = {"stage1": (2560, 72), "stage3": (40, 288)}  # windows at batch 8, channels E (the scan suite's × 8)
 
 
 def _sync(device: str) -> None:
@@ -54,17 +55,11 @@ def _row(name: str, shape: list[int], seconds: float = float("nan"), **extra) ->
     return {"name": name, "shape": shape, "seconds": seconds, "gpu_peak_mib": peak, **extra}
 
 
-def scan_inputs(windows: int, channels: int, device: str, dtype=torch.float32) -> list[torch.Tensor]:
-    """u, delta as (W, E, L) views of (W, L, E) tensors; A (E, N); B, C (W, L, N); D (E,)."""
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(windows, LENGTH, channels, generator=g)
-    delta = torch.rand(windows, LENGTH, channels, generator=g) * 0.1 + 1e-3
-    A = -torch.rand(channels, STATES, generator=g) * 4
-    B, C = torch.randn(windows, LENGTH, STATES, generator=g), torch.randn(windows, LENGTH, STATES, generator=g)
-    D = torch.randn(channels, generator=g)
-    tensors = [t.to(device=device, dtype=dtype) for t in (u, delta, A, B, C, D)]
-    tensors[0], tensors[1] = tensors[0].transpose(1, 2), tensors[1].transpose(1, 2)
-    return [t.requires_grad_() if t.is_leaf else t.detach().requires_grad_() for t in tensors]
+def scan_inputs(windows: int, channels: int, device: str) -> list[torch.Tensor]:
+    """The scan suite's inputs on ``device``, u and delta as the (W, E, L) views of (W, L, E) tensors that the
+    Mamba layer passes; every one a leaf that takes a gradient."""
+    u, delta, *rest = (t.to(device) for t in cpu_scan_inputs(windows, channels, requires_grad=False))
+    return [t.requires_grad_() for t in (u.transpose(1, 2), delta.transpose(1, 2), *rest)]
 
 
 def parity(device: str, windows: int) -> list[dict]:
@@ -105,8 +100,6 @@ def scan_speed(stage: str, repeats: int) -> list[dict]:
     windows, channels = STAGES[stage]
     scans = {"triton": (selective_scan_triton, windows), "loop": (selective_scan_reference, min(windows, 40))}
     if importlib.util.find_spec("mambapy"):
-        from benchmarks.scan import mambapy_scan
-
         scans["mambapy"] = (lambda u, delta, *rest: mambapy_scan(u.transpose(1, 2), delta.transpose(1, 2), *rest),
                             windows)
     if mamba_ssm_available():

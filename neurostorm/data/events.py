@@ -73,8 +73,6 @@ def condition_clips(conditions: np.ndarray, length: int, stride: int | None = No
     return clips
 
 
-
-
 def events_from_volume_labels(conditions: list[str], tr: float, rest: str = "rest") -> pd.DataFrame:
     """BIDS events (onset, duration, trial_type) from one condition per volume (PyMVPA / nilearn-style
     attribute files); runs of the same condition become one event, ``rest`` volumes none."""

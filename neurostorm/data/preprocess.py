@@ -161,33 +161,35 @@ class _Run:
         self.grid: Grid = GRIDS[config.grid]
         self.reslice = Reslicer(self.img.affine, shape, self.grid, order=1)
 
-    def _source_frames(self) -> Iterator[np.ndarray]:
+    def _blocks(self, first: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(start frame, float32 (X, Y, Z, frames) block) of the source, ``block_frames`` at a time."""
         n, block = self.shape[3], self.config.block_frames
-        for start in range(0, n, block):
+        for start in range(first, n, block):
             stop = min(start + block, n)
             try:
                 data = np.asarray(self.img.dataobj[..., start:stop], dtype=np.float32)
             except _READ_ERRORS as err:
                 raise InputError(self.source.path, f"cannot read frames {start}-{stop - 1}: {err} "
                                                    "(truncated or corrupt file?)") from None
-            data = data.reshape(*self.shape[:3], stop - start)
+            yield start, data.reshape(*self.shape[:3], stop - start)
+
+    def _source_frames(self) -> Iterator[np.ndarray]:
+        for start, data in self._blocks():
             if not np.isfinite(data).all():
                 self._refuse_nonfinite(start)
-            for index in range(stop - start):
+            for index in range(data.shape[3]):
                 yield data[..., index]
 
     def _refuse_nonfinite(self, first_block: int) -> None:
         """Count the NaN/Inf values of the frames from ``first_block`` on and raise, naming those frames."""
         count, frames = 0, []
-        for start in range(first_block, self.shape[3], self.config.block_frames):
-            stop = min(start + self.config.block_frames, self.shape[3])
-            try:
-                data = np.asarray(self.img.dataobj[..., start:stop], dtype=np.float32)
-            except _READ_ERRORS:
-                break  # report what could be read
-            bad = ~np.isfinite(data.reshape(-1, stop - start))  # (voxels, frames)
-            count += int(bad.sum())
-            frames += [start + int(k) for k in np.flatnonzero(bad.any(axis=0))]
+        try:
+            for start, data in self._blocks(first_block):
+                bad = ~np.isfinite(data.reshape(-1, data.shape[3]))  # (voxels, frames)
+                count += int(bad.sum())
+                frames += [start + int(k) for k in np.flatnonzero(bad.any(axis=0))]
+        except InputError:
+            pass  # an unreadable later block: report what could be read
         raise InputError(self.source.path, f"{count} NaN/Inf voxel values in frame{'s' * (len(frames) > 1)} "
                                            f"{frame_ranges(frames)}")
 
@@ -251,7 +253,7 @@ def preprocess_run(source: RunSource, store: Path, config: PreprocessConfig, che
     # variance over time, pooled over brain voxels: reslicing mixes voxels but never makes a constant run vary
     voxel_mean = total[mask] / run.n_frames
     temporal_std = float(np.sqrt(max(np.mean(total_sq[mask] / run.n_frames - voxel_mean**2), 0.0)))
-    if temporal_std <= 1e-6 * max(abs(mean), 1.0) or std <= 1e-6 * max(abs(mean), 1.0):
+    if temporal_std <= 1e-6 * max(abs(mean), 1.0):  # the std over all brain values is never smaller
         raise InputError(source.path, "zero variance over time in the brain voxels (constant image)")
     if config.normalization == "zscore":
         offset, divisor = mean, std

@@ -20,7 +20,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from neurostorm.models.scan import selective_scan, selective_scan_reference
 
 Backend = Literal["auto", "torch", "triton", "cuda", "reference"]
-BACKENDS = ("auto", "torch", "triton", "cuda", "reference")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 def mamba_ssm_available() -> bool:

@@ -57,11 +57,11 @@ def describe(model: nn.Module | FCLinear) -> list[str]:
                 f"(encoder {count_parameters(model.encoder):,}, mask tokens {model.window_mask_token.numel():,}, "
                 f"decoder {decoder:,}); mask {model.config.mask_mode} at ratio {model.config.mask_ratio}",
                 *encoder_lines(model.encoder), describe_scan_backends()]
-    if isinstance(model, NeuroSTORM) and not isinstance(model, SwiFT):
-        return ["NeuroSTORM encoder", *encoder_lines(model), describe_scan_backends()]
-    if isinstance(model, SwiFT):
+    if isinstance(model, SwiFT):  # a NeuroSTORM subclass with attention in place of the scan
         return [f"SwiFT encoder (window attention, heads {'/'.join(map(str, model.config.heads))})",
                 *encoder_lines(model)]
+    if isinstance(model, NeuroSTORM):
+        return ["NeuroSTORM encoder", *encoder_lines(model), describe_scan_backends()]
     n_rois = getattr(getattr(model, "config", None), "n_rois", None)
     shape = f"; input (B, {n_rois}, {n_rois}) FC (sized to the atlas by data.atlas)" if n_rois else ""
     return [f"{type(model).__name__}: {count_parameters(model):,} parameters{shape}"]

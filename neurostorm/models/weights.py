@@ -106,15 +106,16 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | Path) -> object:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> object:
     """A ``.ckpt``/``.pt`` file read with ``weights_only=True``: tensors, containers and plain values only,
-    so loading can never run code. Anything else is refused with the name of what it would have built."""
+    so loading can never run code. Anything else is refused with the name of what it would have built.
+    ``mmap=True`` maps the tensors' storage instead of reading it (for a look at plain values)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such checkpoint file")
     try:
         with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f" ({found.group(1)})" if found else ""

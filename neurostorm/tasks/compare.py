@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.models import model_applies, model_input
-from neurostorm.tasks.evaluation import paired_difference
+from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
 from neurostorm.train.config import ExperimentConfig, read_config_file, save_config
 
 METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)
@@ -98,9 +98,8 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
                    command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
                    trainable_parameters=metrics["task"].get("trainable_parameters"),
                    test_subjects=metrics.get("n_subjects"), note="")
-        undefined = {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan}  # e.g. AUROC without every class
         for name in METRICS[kind]:
-            value = metrics.get(name, undefined)
+            value = metrics.get(name, UNDEFINED)  # e.g. AUROC without every class among the test subjects
             row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
             row[f"{name}_chance"] = metrics.get("chance", {}).get(name, 0.0 if name == "pearson_r" else np.nan)
         rows.append(row)

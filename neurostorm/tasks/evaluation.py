@@ -19,6 +19,8 @@ from neurostorm.tasks.metrics import (
     regression_metrics,
 )
 
+UNDEFINED = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}  # a metric with no value
+
 
 def scored_units(kind: str, subjects: np.ndarray, outputs: np.ndarray, targets: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,8 +97,7 @@ def paired_difference(kind: str, n_classes: int, frame_a: pd.DataFrame, frame_b:
         first, second = a.metrics(a.subjects[idx]), b.metrics(a.subjects[idx])
         return {metric: first[metric] - second[metric]} if metric in first and metric in second else {}
 
-    undefined = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-    return bootstrap(difference, len(a.subjects), n_boot=n_boot, seed=seed).get(metric, undefined)
+    return bootstrap(difference, len(a.subjects), n_boot=n_boot, seed=seed).get(metric, dict(UNDEFINED))
 
 
 def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: list[str] | None,

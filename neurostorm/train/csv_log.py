@@ -21,8 +21,9 @@ from neurostorm.models.weights import load_checkpoint
 
 
 def completed_epoch(checkpoint: Path) -> int:
-    """The epoch (0-based) during which a Lightning checkpoint was saved."""
-    return int(load_checkpoint(checkpoint)["epoch"])
+    """The epoch (0-based) during which a Lightning checkpoint was saved (its tensors are mapped, not read:
+    Lightning reads the file itself to resume)."""
+    return int(load_checkpoint(checkpoint, mmap=True)["epoch"])
 
 
 def _number(text: str) -> float | int:

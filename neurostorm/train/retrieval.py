@@ -137,18 +137,15 @@ def _fit(config: ExperimentConfig, run_dir: Path, module: ContrastiveModule, tra
     module.eval()
 
 
-def _conditions_without_embedding(store: Store, config: ExperimentConfig, names: list[str]) -> list[str]:
-    """Conditions of the store's events that ``task.stimuli`` has no embedding for (blocks of a task run
-    beside the image runs, say): left out with a warning; refused when no condition has one."""
-    task, data = config.task, config.data
-    conditions = EventClipDataset(store, None, data.sequence_length, data.stride, task.events, task.events_delay,
-                                  task.exclude_conditions).classes
+def _conditions_without_embedding(conditions: list[str], stimuli: str, names: list[str]) -> list[str]:
+    """The store's conditions that ``stimuli`` has no embedding for (blocks of a task run beside the image
+    runs, say), with a warning that their clips are left out; refused when no condition has one."""
     unmatched = sorted(set(conditions) - set(names))
     if len(unmatched) == len(conditions):
-        raise InputError(task.stimuli, f"no embedding for any condition of the store's events "
-                                       f"({', '.join(unmatched[:5])}); names: {', '.join(names[:5])}")
+        raise InputError(stimuli, f"no embedding for any condition of the store's events "
+                                  f"({', '.join(unmatched[:5])}); names: {', '.join(names[:5])}")
     if unmatched:
-        warnings.warn(f"{task.stimuli}: no embedding for condition(s) {', '.join(unmatched[:8])}: their clips are "
+        warnings.warn(f"{stimuli}: no embedding for condition(s) {', '.join(unmatched[:8])}: their clips are "
                       "left out", stacklevel=2)
     return unmatched
 
@@ -164,9 +161,15 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     if task.kind == "image_retrieval":
         names, vectors = read_stimuli(task.stimuli)
-        exclude = [*task.exclude_conditions, *_conditions_without_embedding(store, config, names)]
-        sets = {s: EventClipDataset(store, split[s], data.sequence_length, data.stride, task.events,
-                                    task.events_delay, exclude) for s in ("train", "val", "test")}
+
+        def event_sets(exclude: list[str]) -> dict[str, EventClipDataset]:
+            return {s: EventClipDataset(store, split[s], data.sequence_length, data.stride, task.events,
+                                        task.events_delay, exclude) for s in ("train", "val", "test")}
+
+        sets = event_sets(task.exclude_conditions)  # classes: the conditions of every run of the store
+        unmatched = _conditions_without_embedding(sets["train"].classes, task.stimuli, names)
+        if unmatched:
+            sets = event_sets([*task.exclude_conditions, *unmatched])
         row = np.array([names.index(c) for c in sets["train"].classes])  # dataset class → embedding row
         images = vectors[row]  # (classes, D) in the datasets' class order
     else:
