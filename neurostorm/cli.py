@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from neurostorm import __version__
 from neurostorm.data.grid import GRIDS
@@ -17,12 +18,19 @@ def _tr(value: str) -> float | None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from neurostorm.data.ingest import parse_shard
     from neurostorm.data.preprocess import PreprocessConfig, preprocess
 
+    try:
+        shard = None if args.shard is None else parse_shard(args.shard)
+    except ValueError as err:
+        raise InputError("--shard", str(err)) from None
     config = PreprocessConfig(tr=args.tr, input_tr=args.input_tr, grid=args.grid, normalization=args.normalization,
                               storage=args.storage, min_frames=args.min_frames, non_mni=args.non_mni)
     result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
-                        labels_policy=args.labels_policy, progress=not args.quiet)
+                        labels_policy=args.labels_policy, progress=not args.quiet,
+                        participants=args.participant_label, sessions=args.session_label, tasks=args.task_label,
+                        shard=shard, dask=args.dask)
     frames = sum(int(r["n_frames"]) for r in result.records)
     subjects = len({r["subject"] for r in result.records})
     print(f"store {args.out}: {len(result.records)} runs, {subjects} subjects, {frames} frames "
@@ -37,9 +45,37 @@ def _cmd_roi(args: argparse.Namespace) -> int:
     from neurostorm.data.roi import extract_rois
 
     summary = extract_rois(args.store, args.atlas, args.out, partial=args.partial, labels=args.atlas_labels,
-                           progress=not args.quiet)
+                           progress=not args.quiet, workers=args.workers, dask=args.dask)
     print(f"{args.out}: {summary['n_runs']} runs × {summary['n_rois']} ROIs of atlas {summary['atlas']} "
           f"(time series, Pearson and Fisher-z FC{', partial correlation' if args.partial else ''})")
+    return 0
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    from neurostorm.data.manifest import merge_manifest
+
+    if args.action == "check":
+        from neurostorm.data.integrity import check_store
+
+        check = check_store(args.store, data=args.data)
+        for line in check.problems:
+            print(f"problem: {line}")
+        for line in check.notes:
+            print(f"note: {line}")
+        print(f"{args.store}: {check.runs} runs checked{' (values re-read)' if args.data else ''}, "
+              f"{len(check.problems)} problem(s)")
+        return 0 if check.ok else 1
+    merged = merge_manifest(args.store, wait_s=args.wait)
+    if merged is None:
+        raise InputError(args.store, f"another merge held manifest.lock for {args.wait:g} s; try again later")
+    print(f"{args.store}/manifest.parquet: {merged.runs} runs ({merged.parts} parts folded"
+          + (f", {len(merged.adopted)} complete run(s) without a row adopted" if merged.adopted else "") + ")")
+    if args.action == "compact":
+        from neurostorm.data.store import is_url, remove_stale_temporaries
+
+        if not is_url(args.store):
+            removed, kept = remove_stale_temporaries(Path(args.store))
+            print(f"temporaries: {removed} stale removed, {kept} of live jobs kept")
     return 0
 
 
@@ -177,7 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre = add("preprocess", "4D NIfTI / BIDS / fMRIPrep runs → normalised clips store", _cmd_preprocess)
     pre.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files, folders or BIDS(-derivatives) folders")
     pre.add_argument("--out", required=True, metavar="STORE", help="store folder (created or resumed)")
-    pre.add_argument("--workers", type=int, default=1, help="runs processed in parallel")
+    pre.add_argument("--workers", type=int, default=1, help="runs processed in parallel on this machine")
+    pre.add_argument("--dask", default=None, metavar="local:N|ADDRESS",
+                     help="run each run as a task on a Dask cluster: local:N worker processes or a scheduler address")
+    pre.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                     help="only these participants (BIDS-App convention: 01 or sub-01)")
+    pre.add_argument("--session-label", nargs="+", default=None, metavar="LABEL", help="only these sessions")
+    pre.add_argument("--task-label", nargs="+", default=None, metavar="LABEL", help="only these tasks")
+    pre.add_argument("--shard", default=None, metavar="I/N",
+                     help="this job's share I of N (1 ≤ I ≤ N) of the selected runs, by a stable hash of the run id")
     pre.add_argument("--tr", type=_tr, default=0.8, help="target TR in seconds, or 'keep'")
     pre.add_argument("--input-tr", type=float, default=None, help="source TR in seconds when files lack it")
     pre.add_argument("--labels", default=None, metavar="CSV", help="labels per subject (else participants.tsv)")
@@ -199,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--atlas-labels", default=None, help="CSV/TSV of index,name for a NIfTI atlas")
     roi.add_argument("--out", required=True, metavar="DIR", help="output folder (time series, fc.npz, rois.tsv)")
     roi.add_argument("--partial", action="store_true", help="also partial correlation (Ledoit-Wolf)")
+    roi.add_argument("--workers", type=int, default=1, help="runs processed in parallel on this machine")
+    roi.add_argument("--dask", default=None, metavar="local:N|ADDRESS",
+                     help="run each run as a task on a Dask cluster: local:N worker processes or a scheduler address")
+
+    store = add("store", "check a store against its manifest, or fold manifest parts into manifest.parquet",
+                _cmd_store)
+    store.add_argument("action", choices=("check", "merge", "compact"),
+                       help="check: every run as its manifest row says; merge: fold the manifest parts; "
+                            "compact: merge and remove stale temporaries")
+    store.add_argument("store", metavar="STORE", help="a store folder or URL")
+    store.add_argument("--data", action="store_true", help="check: re-read every value against its checksum")
+    store.add_argument("--wait", type=float, default=60.0, help="merge: seconds to wait for another merge")
 
     sim = add("simulate", "write a simulated fMRIPrep-style BIDS cohort on MNI152 anatomy", _cmd_simulate)
     sim.add_argument("--out", required=True, metavar="DIR", help="BIDS derivatives folder to write")

@@ -28,7 +28,7 @@ GRID = "mni152-fsl-4mm-48"  # the table's checks hold on every grid; the 4 mm on
 @dataclass
 class Case:
     inputs: list[Path]  # the bad input and a good run beside it
-    bad: Path  # the file the message must name
+    bad: Path | str  # the file (or option, or scheduler) the message must name
     problem: str  # regular expression for the message after "path: "
     args: list[str] = field(default_factory=list)
     outcome: str = "run fails"  # "run fails" (the others are written), "job refused" or "warning"
@@ -100,6 +100,19 @@ def make_case(name: str, tmp_path: Path) -> Case:
     if name == "tr_ms":
         bad = bad_image(tmp_path, name, tr=2000.0)
         return Case([good, bad], bad, r"header TR 2000.0 with unit 'sec' read as milliseconds", outcome="warning")
+    shards = {"shard_zero": ("0/0", "I must be between 1 and N"), "shard_over": ("3/2", "I must be between 1 and N"),
+              "shard_text": ("two/4", "expected I/N such as 3/8")}
+    if name in shards:
+        return Case([good], "--shard", shards[name][1], ["--shard", shards[name][0]], outcome="job refused")
+    if name == "dask_unreachable":
+        address = "tcp://127.0.0.1:9"  # the discard port: nothing listens
+        return Case([good], address, r"^cannot reach the Dask scheduler", ["--dask", address], outcome="job refused")
+    if name == "other_format":
+        store = tmp_path / "store"
+        store.mkdir()
+        (store / "store.json").write_text('{"format": "neurostorm-store/9", "neurostorm_version": "9.0"}')
+        return Case([good], store, r"^store format 'neurostorm-store/9' \(written by neurostorm 9.0\); neurostorm "
+                                   r"\S+ reads neurostorm-store/1, neurostorm-store/2$", outcome="job refused")
     contents = {"labels_unknown": ("subject,age\n01,30\n02,40\n03,50\n", r"rows for subject\(s\) not in the data: 03"),
                 "labels_no_row": ("subject,age\n01,30\n", r"no row for subject\(s\): 02"),
                 "labels_empty": ("subject,age\n01,30\n02,\n", r"missing 'age' for subject\(s\): 02")}
@@ -119,6 +132,9 @@ ROWS = {  # the first cell of each row of the README's table → the cases that 
     "label file: unknown subjects, subjects without a row, empty values": ["labels_unknown", "labels_no_row",
                                                                           "labels_empty"],
     "job killed with SIGKILL mid-write": [],  # test_sigkill_mid_write_then_resume
+    "malformed `--shard` (0/0, 3/2, text)": ["shard_zero", "shard_over", "shard_text"],
+    "unreachable `--dask` scheduler": ["dask_unreachable"],
+    "a store written by another format version": ["other_format"],
 }
 
 
@@ -139,11 +155,25 @@ def run_cli(capsys, *args) -> tuple[int, list[str], list[str]]:
                                                                                if line.startswith("warning:")]
 
 
+def kill_job(process: subprocess.Popen) -> None:
+    """SIGKILL a job's whole process group, as a scheduler does, and wait until none of it runs."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def assert_no_partial_run(store: Path) -> None:
     runs = store / "runs"
     for path in runs.iterdir() if runs.exists() else []:
         assert not path.name.startswith("."), f"left a temporary: {path}"
-        assert completed_record(path) is not None, f"incomplete run under its final name: {path}"
+        assert completed_record(store, path.name.removesuffix(".zarr")) is not None, \
+            f"incomplete run under its final name: {path}"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -164,8 +194,11 @@ def test_bad_input(tmp_path, capsys, name, workers):
     assert errors[0].startswith(prefix), errors
     assert re.search(case.problem, errors[0][len(prefix):]), errors
     assert_no_partial_run(store)
-    written = Store(store).manifest["run_id"].tolist() if (store / "manifest.parquet").exists() else []
-    assert written == ([] if case.outcome == "job refused" else ["sub-good_task-rest"]), written
+    if case.outcome == "job refused":  # nothing written, an existing store.json untouched
+        assert not list((store / "runs").glob("*")) and not list(store.glob("manifest*"))
+        assert not (store / "store.json").exists() or "neurostorm-store/9" in (store / "store.json").read_text()
+    else:
+        assert Store(store).manifest["run_id"].tolist() == ["sub-good_task-rest"]
 
 
 @pytest.mark.parametrize("grid", sorted(GRIDS))
@@ -204,11 +237,10 @@ def test_sigkill_mid_write_then_resume(cohort, store, tmp_path, workers):
         if finished and writing:
             break
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_job(process)
     assert list((out / "runs").glob(".*tmp-*")), "the kill should land mid-write"
     for path in (out / "runs").glob("*.zarr"):
-        assert completed_record(path) is not None  # only complete runs carry a final name
+        assert completed_record(out, path.name.removesuffix(".zarr")) is not None  # only complete runs are named
 
     assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--workers", str(workers)]) == 0
     assert not list((out / "runs").glob(".*tmp-*"))

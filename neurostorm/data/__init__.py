@@ -1,4 +1,4 @@
-"""Data flow: ingest → preprocess → store → datasets; ROI/FC extraction; simulated cohorts.
+"""Data flow: ingest → preprocess → store (manifest, integrity) → datasets; ROI/FC extraction; simulated cohorts.
 
 The public names load their modules on first use, so importing a light module of this package (the grid,
 say, for the command line) does not import PyTorch.
@@ -8,7 +8,8 @@ from importlib import import_module
 
 _EXPORTS = {"ClipDataset": "datasets", "FCDataset": "datasets", "ROIDataset": "datasets",
             "PreprocessConfig": "preprocess", "preprocess": "preprocess", "Store": "store",
-            "load_or_make_split": "splits", "make_split": "splits"}
+            "load_or_make_split": "splits", "make_split": "splits", "check_store": "integrity",
+            "merge_manifest": "manifest"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -28,6 +28,8 @@ class _Labelled:
         self.label = label
         self.classes: list[str] | None = None
         rows = manifest if subjects is None else manifest[manifest["subject"].astype(str).isin(set(subjects))]
+        kept = [c for c in ("run_id", "subject", "n_frames", label) if c in manifest.columns]
+        rows = rows[kept]  # what items need: a 50,000-run manifest's other columns stay out of every split
         if label is None:
             return rows.reset_index(drop=True)
         if label not in manifest.columns:
@@ -57,6 +59,15 @@ class _Labelled:
         return sample
 
 
+def clip_starts(n_frames: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every clip of ``length`` frames starting each ``stride`` frames in runs of ``n_frames`` (R,): the run
+    (row) and first frame of each clip, two (N,) arrays (a million clips take 16 MB)."""
+    counts = np.maximum((n_frames - length) // stride + 1, 0)  # (R,)
+    rows = np.repeat(np.arange(len(n_frames)), counts)
+    first_of_run = np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, (np.arange(len(rows)) - first_of_run) * stride
+
+
 class ClipDataset(Dataset, _Labelled):
     """Clips of ``sequence_length`` frames from a store, as model input of shape (1, X, Y, Z, T).
 
@@ -74,16 +85,14 @@ class ClipDataset(Dataset, _Labelled):
         self.stride = stride or sequence_length
         self.random_crop = random_crop
         self.runs = self._select_runs(self.store.manifest, subjects, label, task)
-        self.index: list[tuple[int, int]] = []  # (row in self.runs, start frame)
-        for row, n_frames in enumerate(self.runs["n_frames"].astype(int)):
-            starts = range(0, n_frames - sequence_length + 1, self.stride)
-            self.index.extend((row, start) for start in starts)
+        self.rows, self.starts = clip_starts(self.runs["n_frames"].to_numpy(dtype=np.int64), sequence_length,
+                                             self.stride)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.rows)
 
     def __getitem__(self, item: int) -> dict:
-        row, start = self.index[item]
+        row, start = int(self.rows[item]), int(self.starts[item])
         record = self.runs.iloc[row]
         if self.random_crop:
             start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))

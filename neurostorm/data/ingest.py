@@ -6,6 +6,7 @@ by one small parser; nothing here slices file names at fixed positions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -171,6 +172,47 @@ def discover(inputs: list[str | Path]) -> list[RunSource]:
     return sources
 
 
+def _bare(label: str, prefix: str) -> str:
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+def select_runs(sources: list[RunSource], participants: list[str] | None = None,
+                sessions: list[str] | None = None, tasks: list[str] | None = None) -> list[RunSource]:
+    """The runs of the given participants, sessions and tasks (BIDS-App ``--participant-label`` etc.).
+
+    Labels may carry their prefix (``sub-01``) or not (``01``); a label that matches no run is an error.
+    """
+    selected = sources
+    for entity, prefix, wanted in (("subject", "sub-", participants), ("session", "ses-", sessions),
+                                   ("task", "task-", tasks)):
+        if not wanted:
+            continue
+        labels = {_bare(label, prefix) for label in wanted}
+        present = {getattr(s, entity) for s in selected}
+        if unknown := sorted(labels - present):
+            raise InputError(f"--{entity.replace('subject', 'participant')}-label",
+                             f"no run with {prefix}{', '.join(unknown)} among the inputs")
+        selected = [s for s in selected if getattr(s, entity) in labels]
+    return selected
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → (I, N) with 1 ≤ I ≤ N: this job's share of the runs, e.g. ``$SLURM_ARRAY_TASK_ID/8``."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"expected I/N such as 3/8, got {text!r}")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: I must be between 1 and N (N ≥ 1)")
+    return index, count
+
+
+def in_shard(run_id: str, shard: tuple[int, int]) -> bool:
+    """Whether a run belongs to shard I of N: a stable hash of its id, so N jobs cover every run once."""
+    index, count = shard
+    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big") % count == index - 1
+
+
 def repetition_time(source: RunSource, header: nib.Nifti1Header, override: float | None = None) -> float:
     """TR in seconds: ``override``, else the sidecar's RepetitionTime, else the NIfTI header.
 
@@ -202,11 +244,13 @@ def _subject_key(value: object) -> str:
     return text[4:] if text.startswith("sub-") else text
 
 
-def read_labels(path: Path, subjects: list[str], strict: bool = True) -> pd.DataFrame:
-    """Labels per subject from a BIDS ``participants.tsv`` or a CSV/TSV with a subject column.
+def read_labels(path: Path, subjects: list[str], strict: bool = True, known: list[str] | None = None
+                ) -> pd.DataFrame:
+    """Labels of ``subjects`` from a BIDS ``participants.tsv`` or a CSV/TSV with a subject column.
 
     Returns a frame indexed by subject (without ``sub-``). With ``strict``, a subject without a row, a
-    row for an unknown subject, or an empty value is an :class:`InputError`; otherwise a warning.
+    row for a subject not in ``known`` (default: ``subjects``; all subjects of the inputs when a job
+    selects some of them), or an empty value is an :class:`InputError`; otherwise a warning.
     """
     sep = "\t" if path.suffix == ".tsv" else ","
     try:
@@ -222,22 +266,22 @@ def read_labels(path: Path, subjects: list[str], strict: bool = True) -> pd.Data
         raise InputError(path, f"duplicate rows for subject(s) {', '.join(dup)}")
     table = table.set_index("subject")
     problems = []
-    unknown = sorted(set(table.index) - set(subjects))
+    unknown = sorted(set(table.index) - set(known if known is not None else subjects))
     missing = sorted(set(subjects) - set(table.index))
     if unknown:
         problems.append(f"rows for subject(s) not in the data: {', '.join(unknown)}")
     if missing:
         problems.append(f"no row for subject(s): {', '.join(missing)}")
-    known = table.loc[table.index.isin(subjects)]
-    for column in known.columns:
-        empty = sorted(known.index[known[column].isna()])
+    selected = table.loc[table.index.isin(subjects)]
+    for column in selected.columns:
+        empty = sorted(selected.index[selected[column].isna()])
         if empty:
             problems.append(f"missing '{column}' for subject(s): {', '.join(empty)}")
     if problems and strict:
         raise InputError(path, "; ".join(problems) + " (use --labels-policy lenient to keep going)")
     for problem in problems:
         warnings.warn(f"{path}: {problem}", stacklevel=2)
-    return table.loc[table.index.isin(subjects)].apply(_numeric_if_possible)
+    return selected.apply(_numeric_if_possible)
 
 
 def _numeric_if_possible(column: pd.Series) -> pd.Series:

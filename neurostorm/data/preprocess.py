@@ -21,7 +21,6 @@ import json
 import warnings
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,15 +32,16 @@ from tqdm.auto import tqdm
 
 from neurostorm import __version__
 from neurostorm.data.grid import GRIDS, Grid, Reslicer, template_brain_mask
-from neurostorm.data.ingest import RunSource, discover, read_labels, repetition_time
+from neurostorm.data.ingest import RunSource, discover, in_shard, read_labels, repetition_time, select_runs
+from neurostorm.data.manifest import manifest_row, merge_if_idle, read_manifest, write_part
+from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.store import (
-    STORE_FORMAT,
     RunWriter,
     Store,
     completed_record,
+    is_url,
+    open_store_for_writing,
     remove_stale_temporaries,
-    write_json_atomic,
-    write_parquet_atomic,
 )
 from neurostorm.errors import InputError
 
@@ -83,7 +83,7 @@ class PreprocessConfig:
 
 @dataclass
 class PreprocessResult:
-    records: list[dict] = field(default_factory=list)  # every complete run in the store
+    records: list[dict] = field(default_factory=list)  # the manifest's rows: every run in the store
     processed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[InputError] = field(default_factory=list)
@@ -228,8 +228,8 @@ def _check_mni(path: Path, mask: np.ndarray, grid: Grid, config: PreprocessConfi
     return overlap, coverage
 
 
-def preprocess_run(source: RunSource, store: Path, config: PreprocessConfig, checksum: str) -> dict:
-    """Preprocess one run into ``store/runs/<run_id>.zarr``; returns its manifest record."""
+def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, checksum: str) -> dict:
+    """Preprocess one run into ``runs/<run_id>.zarr`` of the store at ``store``; returns its record."""
     run = _Run(source, config)
     shape = run.grid.shape
     total = np.zeros(shape, np.float64)
@@ -293,133 +293,122 @@ def preprocess_run(source: RunSource, store: Path, config: PreprocessConfig, che
             "quantization_rmse": float(np.sqrt(squared_error / count)),
             "params": json.dumps(config.recorded(), sort_keys=True), "neurostorm_version": __version__,
         }
-        writer.commit(record)
+        return writer.commit(record)
     except BaseException:
         writer.abort()
         raise
-    return record
 
 
-def _label_table(sources: list[RunSource], labels: Path | None, strict: bool) -> pd.DataFrame | None:
-    """Labels per subject from ``labels`` or the BIDS ``participants.tsv`` of each dataset."""
-    subjects = sorted({s.subject for s in sources})
-    tables = []
+def _label_table(sources: list[RunSource], selected: list[RunSource], labels: Path | None,
+                 strict: bool) -> pd.DataFrame | None:
+    """Labels of the ``selected`` runs' subjects from ``labels`` or each BIDS dataset's
+    ``participants.tsv``; rows are checked against every subject of ``sources``."""
+    wanted = sorted({s.subject for s in selected})
     if labels is not None:
-        tables.append(read_labels(labels, subjects, strict))
-    else:
-        for root in sorted({s.dataset_root for s in sources if s.dataset_root is not None}):
-            participants = root / "participants.tsv"
-            if participants.exists():
-                root_subjects = sorted({s.subject for s in sources if s.dataset_root == root})
-                tables.append(read_labels(participants, root_subjects, strict))
+        return read_labels(labels, wanted, strict, known=sorted({s.subject for s in sources}))
+    tables = []
+    for root in sorted({s.dataset_root for s in selected if s.dataset_root is not None}):
+        if (root / "participants.tsv").exists():
+            tables.append(read_labels(root / "participants.tsv",
+                                      sorted({s.subject for s in selected if s.dataset_root == root}), strict,
+                                      known=sorted({s.subject for s in sources if s.dataset_root == root})))
     return pd.concat(tables) if tables else None
 
 
-def _update_labels(store: Path, table: pd.DataFrame | None) -> None:
-    """Merge ``table`` into ``store/labels.parquet``: its subjects' rows replace earlier ones."""
-    if table is None:
-        return
-    path = store / "labels.parquet"
-    table = table.reset_index()
-    if path.exists():
-        earlier = pd.read_parquet(path)
-        table = pd.concat([earlier[~earlier["subject"].isin(table["subject"])], table], ignore_index=True)
-    write_parquet_atomic(path, table)
+def _labels_in(row: dict | None, record: dict) -> dict:
+    """The label columns of a manifest row: what is neither the run's record nor bookkeeping."""
+    return {} if row is None else {k: v for k, v in row.items() if k not in record and k != "written_at"}
 
 
-def _process_one(source: RunSource, store: Path, config: PreprocessConfig) -> dict:
+def _same_labels(first: dict, second: dict) -> bool:
+    """Equal label dicts, two missing values counting as equal."""
+    return first.keys() == second.keys() and all(
+        bool(pd.isna(first[k]) and pd.isna(second[k])) or first[k] == second[k] for k in first)
+
+
+def _process_one(source: RunSource, store: str, config: PreprocessConfig, labels: dict | None,
+                 previous: dict | None) -> dict:
+    """Preprocess a run unless the store has it from the same file and parameters, then publish its
+    manifest row (its subject's ``labels``; None keeps those of its ``previous`` row)."""
     checksum = sha256_of(source.path)
-    previous = completed_record(store / "runs" / f"{source.run_id}.zarr")
-    if previous and previous["source_sha256"] == checksum and previous["params"] == \
-            json.dumps(config.recorded(), sort_keys=True):
-        return {**previous, "_skipped": True}
-    return preprocess_run(source, store, config, checksum)
+    record = completed_record(store, source.run_id)
+    if record is not None and record["source_sha256"] == checksum and \
+            record["params"] == json.dumps(config.recorded(), sort_keys=True):
+        record.pop("complete")
+        wanted = _labels_in(previous, record) if labels is None else labels
+        if previous is None or not _same_labels(_labels_in(previous, record), wanted):
+            write_part(store, manifest_row(record, wanted))
+        return {**record, "_skipped": True}
+    record = preprocess_run(source, store, config, checksum)
+    row = manifest_row(record, _labels_in(previous, record) if labels is None else labels)
+    write_part(store, row)  # after the data: a reader never meets a row without its run
+    return row
 
 
-def _process_reporting(source: RunSource, store: Path, config: PreprocessConfig
-                       ) -> tuple[dict | InputError, list[tuple[str, type[Warning]]]]:
+def _process_reporting(source: RunSource, store: str, config: PreprocessConfig, labels: dict | None,
+                       previous: dict | None) -> tuple[dict | InputError, list[tuple[str, type[Warning]]]]:
     """:func:`_process_one` with its bad input and warnings returned, not raised or printed, so a run in a
-    worker process reports exactly as one in the main process."""
+    worker process or on a Dask worker reports exactly as one in the main process."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            outcome: dict | InputError = _process_one(source, store, config)
+            outcome: dict | InputError = _process_one(source, store, config, labels, previous)
         except InputError as err:
             outcome = err
     return outcome, [(str(w.message), w.category) for w in caught]
 
 
-def write_manifest(store: Path) -> pd.DataFrame:
-    """Rebuild ``manifest.parquet`` from every complete run group and the labels (atomically)."""
-    rows = []
-    for path in sorted((store / "runs").glob("*.zarr")):
-        if (record := completed_record(path)) is not None:
-            record.pop("complete")
-            record["source_shape"] = json.dumps(record["source_shape"])
-            record["source_voxel_mm"] = json.dumps(record["source_voxel_mm"])
-            rows.append(record)
-    table = pd.DataFrame(rows)
-    labels_path = store / "labels.parquet"
-    if labels_path.exists() and not table.empty:
-        table = table.merge(pd.read_parquet(labels_path), on="subject", how="left")
-    write_parquet_atomic(store / "manifest.parquet", table)
-    return table
-
-
 def preprocess(inputs: list[str | Path], out: str | Path, config: PreprocessConfig | None = None,
                workers: int = 1, labels: str | Path | None = None, labels_policy: str = "strict",
-               progress: bool = True) -> PreprocessResult:
-    """Preprocess every run found in ``inputs`` into the store at ``out``.
+               progress: bool = True, participants: list[str] | None = None, sessions: list[str] | None = None,
+               tasks: list[str] | None = None, shard: tuple[int, int] | None = None,
+               dask: str | None = None) -> PreprocessResult:
+    """Preprocess every run found in ``inputs`` into the store at ``out`` (a folder or an fsspec URL).
 
+    ``participants``/``sessions``/``tasks`` select runs by BIDS label and ``shard=(I, N)`` keeps share I
+    of N, so N jobs (a scheduler's array) cover a cohort once; any number of jobs may write one store at
+    once. Runs go to ``workers`` local processes or to the Dask cluster ``dask`` (``local:N`` or an address).
     Resumable: a run whose complete output already exists with the same source checksum and parameters
     is skipped. Runs with bad input are reported in ``result.failures`` (the others are still written).
     """
     config = config or PreprocessConfig()
-    store = Path(out)
-    sources = discover(list(inputs))
+    location = str(out).rstrip("/")
+    found = discover(list(inputs))
+    sources = select_runs(found, participants, sessions, tasks)
+    if shard is not None:
+        sources = [s for s in sources if in_shard(s.run_id, shard)]
     labels_path = Path(labels) if labels is not None else None
     if labels_path is not None and not labels_path.exists():
         raise InputError(labels_path, "no such label file")
-    label_table = _label_table(sources, labels_path, strict=labels_policy == "strict")
-
-    (store / "runs").mkdir(parents=True, exist_ok=True)
-    info_path = store / "store.json"
+    label_table = _label_table(found, sources, labels_path, strict=labels_policy == "strict")
     grid = GRIDS[config.grid]
-    if info_path.exists():
-        existing = json.loads(info_path.read_text())
-        if existing.get("grid", {}).get("name") != grid.name:
-            raise InputError(store, f"store grid {existing.get('grid', {}).get('name')} differs from {grid.name}")
-    write_json_atomic(info_path, {"format": STORE_FORMAT, "grid": grid.to_dict(), "neurostorm_version": __version__})
-    remove_stale_temporaries(store)
-    template_brain_mask(grid)  # load once before forking workers
 
-    result = PreprocessResult()
-    bar = tqdm(total=len(sources), desc="preprocess", unit="run", disable=not progress)
-
-    def collect(source: RunSource, outcome: dict | InputError, caught: list[tuple[str, type[Warning]]]) -> None:
-        for message, category in caught:  # warnings of a worker process, shown as the parent's own
-            warnings.warn(message, category, stacklevel=2)
-        if isinstance(outcome, InputError):
-            result.failures.append(outcome)
-        elif outcome.pop("_skipped", False):
-            result.skipped.append(source.run_id)
-        else:
-            result.processed.append(source.run_id)
-        bar.update()
-
-    if workers <= 1:
-        for source in sources:
-            collect(source, *_process_reporting(source, store, config))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_process_reporting, s, store, config): s for s in sources}
-            for future in as_completed(futures):
-                collect(futures[future], *future.result())
-    bar.close()
-    _update_labels(store, label_table)
-    result.records = write_manifest(store).to_dict("records")
-    if result.records:
-        _orientation_figure(store, result.records[0]["run_id"], grid)
+    with TaskRunner(workers, dask) as runner:  # a cluster that cannot be reached fails before any write
+        open_store_for_writing(location, grid.to_dict())
+        if not is_url(location):
+            remove_stale_temporaries(Path(location))
+        previous = {row["run_id"]: row for row in read_manifest(location).to_dict("records")}
+        template_brain_mask(grid)  # load once before forking workers
+        result = PreprocessResult()
+        tasks_args = [(s, location, config,
+                       None if label_table is None or s.subject not in label_table.index
+                       else label_table.loc[s.subject].to_dict(), previous.get(s.run_id)) for s in sources]
+        bar = tqdm(total=len(sources), desc="preprocess", unit="run", disable=not progress)
+        for index, (outcome, caught) in runner.run(_process_reporting, tasks_args):
+            for message, category in caught:  # a worker's warnings, shown as the parent's own
+                warnings.warn(message, category, stacklevel=2)
+            if isinstance(outcome, InputError):
+                result.failures.append(outcome)
+            elif outcome.get("_skipped"):
+                result.skipped.append(sources[index].run_id)
+            else:
+                result.processed.append(sources[index].run_id)
+            bar.update()
+        bar.close()
+    merge_if_idle(location)
+    result.records = read_manifest(location).to_dict("records")
+    if result.processed and not is_url(location):
+        _orientation_figure(Path(location), result.processed[0], grid)
     return result
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # drawn off-screen, no pyplot state or backend switch
 
 from neurostorm.data.grid import Grid, template_brain_mask
+from neurostorm.data.store import owned_temporary
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write ``figure`` as a PNG at ``path`` atomically (jobs sharing a folder never see half a file)."""
+    tmp = owned_temporary(Path(path))
+    figure.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
 
 
 def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path: Path) -> None:
@@ -37,7 +46,7 @@ def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path:
             axis.text(0.02, 0.02, "L", color="yellow", transform=axis.transAxes, fontsize=14)
     figure.suptitle(f"{title}: mean normalised frame, MNI152 brain outline (red)")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
 
 
 def plot_connectome(matrix: np.ndarray, title: str, path: Path) -> None:
@@ -51,4 +60,4 @@ def plot_connectome(matrix: np.ndarray, title: str, path: Path) -> None:
     axis.set_xlabel("ROI")
     axis.set_ylabel("ROI")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.grid import Grid
+from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.qc import plot_connectome
-from neurostorm.data.store import Store, write_json_atomic, write_parquet_atomic
+from neurostorm.data.store import Store, owned_temporary, write_json_atomic, write_npz_atomic, write_parquet_atomic
 
 
 def roi_weights(atlas: Atlas, mask: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -78,52 +78,63 @@ def partial_fc(timeseries: np.ndarray) -> np.ndarray:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}.npy")
-    np.save(tmp, array)
+    tmp = owned_temporary(path)
+    with open(tmp, "wb") as handle:  # a file handle, so numpy does not append ".npy" to the temporary name
+        np.save(handle, array)
     os.replace(tmp, path)
 
 
+def _run_rois(store_location: str, run_id: str, atlas: Atlas, partial: bool, out: Path
+              ) -> tuple[dict[str, np.ndarray], int]:
+    """One run's ROI time series (saved to ``out/timeseries``), its FC matrices and its empty ROI count."""
+    store = Store(store_location)
+    weights, empty = roi_weights(atlas, store.read_mask(run_id))
+    blocks = [weights.T @ block.reshape(len(block), -1).T for block in store.iter_frames(run_id)]
+    timeseries = np.concatenate(blocks, axis=1).T.astype(np.float32)  # (T, R)
+    _save_npy_atomic(out / "timeseries" / f"{run_id}.npy", timeseries)
+    corr = pearson_fc(timeseries.astype(np.float64))
+    matrices = {"pearson": corr, "fisher_z": fisher_z(corr)}
+    if partial:
+        matrices["partial"] = partial_fc(timeseries.astype(np.float64))
+    return matrices, int(empty.sum())
+
+
 def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial: bool = False,
-                 labels: str | None = None, progress: bool = True) -> dict:
-    """Write ROI time series and FC for every run of the store; returns a summary dict."""
+                 labels: str | None = None, progress: bool = True, workers: int = 1,
+                 dask: str | None = None) -> dict:
+    """Write ROI time series and FC for every run of the store; returns a summary dict.
+
+    Runs go to ``workers`` local processes or to the Dask cluster ``dask`` (see :mod:`neurostorm.data.parallel`).
+    """
     store = Store(store_location)
     grid_info = store.info["grid"]
     grid = Grid(grid_info["name"], tuple(grid_info["shape"]), tuple(map(tuple, grid_info["affine"])))
     atlas = load_atlas(atlas_name, grid, labels)
     out = Path(out)
-    (out / "timeseries").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "atlas.json", {"name": atlas.name, "source": atlas.source, "names": atlas.names})
-    table = atlas.table()
-    table.to_csv(out / "rois.tsv.tmp", sep="\t", index=False)
-    os.replace(out / "rois.tsv.tmp", out / "rois.tsv")
-
     run_ids = store.manifest["run_id"].tolist()
-    matrices: dict[str, list[np.ndarray]] = {"pearson": [], "fisher_z": []}
-    if partial:
-        matrices["partial"] = []
-    empty_counts = []
-    for run_id in tqdm(run_ids, desc="roi", unit="run", disable=not progress):
-        weights, empty = roi_weights(atlas, store.read_mask(run_id))
-        empty_counts.append(int(empty.sum()))
-        blocks = [weights.T @ block.reshape(len(block), -1).T for block in store.iter_frames(run_id)]
-        timeseries = np.concatenate(blocks, axis=1).T.astype(np.float32)  # (T, R)
-        _save_npy_atomic(out / "timeseries" / f"{run_id}.npy", timeseries)
-        corr = pearson_fc(timeseries.astype(np.float64))
-        matrices["pearson"].append(corr)
-        matrices["fisher_z"].append(fisher_z(corr))
-        if partial:
-            matrices["partial"].append(partial_fc(timeseries.astype(np.float64)))
+    with TaskRunner(workers, dask) as runner:  # a cluster that cannot be reached fails before any write
+        (out / "timeseries").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "atlas.json", {"name": atlas.name, "source": atlas.source, "names": atlas.names})
+        table = atlas.table()
+        table.to_csv(out / "rois.tsv.tmp", sep="\t", index=False)
+        os.replace(out / "rois.tsv.tmp", out / "rois.tsv")
+        per_run: list[dict[str, np.ndarray]] = [{} for _ in run_ids]
+        empty_counts = [0] * len(run_ids)
+        tasks = [(store.location, run_id, atlas, partial, out) for run_id in run_ids]
+        for index, (matrices, empty) in tqdm(runner.run(_run_rois, tasks), total=len(tasks), desc="roi", unit="run",
+                                             disable=not progress):
+            per_run[index], empty_counts[index] = matrices, empty
     if any(empty_counts):
         warnings.warn(f"{sum(1 for c in empty_counts if c)} runs have ROIs outside their brain mask "
                       f"(up to {max(empty_counts)} of {len(atlas.names)}); those ROIs are set to zero", stacklevel=2)
-    tmp = out / f".fc.tmp-{uuid.uuid4().hex}.npz"
-    np.savez(tmp, run_id=np.asarray(run_ids), **{k: np.stack(v).astype(np.float32) for k, v in matrices.items()})
-    os.replace(tmp, out / "fc.npz")
+    kinds = ["pearson", "fisher_z", *(["partial"] if partial else [])]
+    stacked = {kind: np.stack([m[kind] for m in per_run]).astype(np.float32) for kind in kinds}
+    write_npz_atomic(out / "fc.npz", {"run_id": np.asarray(run_ids), **stacked})
     write_parquet_atomic(out / "manifest.parquet", store.manifest)
-    mean_z = np.stack(matrices["fisher_z"]).mean(axis=0)
+    mean_z = stacked["fisher_z"].mean(axis=0)
     plot_connectome(mean_z, f"{atlas.name}: mean Fisher-z FC over {len(run_ids)} runs", out / "fc_mean.png")
     summary = {"atlas": atlas.name, "atlas_argument": str(atlas_name), "n_rois": len(atlas.names),
-               "n_runs": len(run_ids), "store": store.location, "kinds": list(matrices)}
+               "n_runs": len(run_ids), "store": store.location, "kinds": kinds}
     write_json_atomic(out / "summary.json", summary)
     return summary
 

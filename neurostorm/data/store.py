@@ -1,76 +1,156 @@
-"""The preprocessed store: one zarr v3 group per run, a Parquet manifest, read locally or through fsspec.
+"""The preprocessed store: one zarr v3 group per run and a manifest, on local disk or at any fsspec URL.
 
 Layout of a store ``STORE/``::
 
     store.json                  format, target grid, package version
-    manifest.parquet            one row per run (see ``neurostorm.data.preprocess``)
+    manifest.parquet            one row per run, folded from the parts (``neurostorm store merge``)
+    manifest.d/*.parquet        one part per written run, newer than manifest.parquet (see ``manifest.py``)
     runs/<run_id>.zarr/         zarr v3 group
         bold   (T, X, Y, Z)     int8 (× per-frame ``scale``) or float16, normalised values;
                                 chunks of 1 frame inside shards of 20 frames, zstd-compressed
         scale  (T,)             float32, only for int8: value = bold * scale
         mask   (X, Y, Z)        bool brain mask
-        attrs                   the run's manifest record, ``complete: true`` written last
+        attrs                   the run's record (``data_sha256`` of the stored values), ``complete: true`` last
 
 A clip of frames [t, t + L) reads only the chunks of those frames, so the store can live in object storage
-(``s3://…``, ``gs://…``) and be read through fsspec without fetching whole runs. Runs are written under a
-temporary name and renamed when complete, so a killed job never leaves a partial run behind.
+(``s3://…``, ``gs://…``) and be read through fsspec without fetching whole runs.
+
+Many jobs, on many machines, may write into one store at once. On a file system a run is written under a
+temporary name that names its writer (``.<run_id>.zarr.tmp-<host>-<pid>-<token>``) and renamed into place
+when complete; a job removes another's temporary only when that writer ran on the same machine and is gone,
+or when nothing in it changed for ``STALE_HOURS`` — so a live job's work is never removed. At a URL a run is
+written locally, uploaded, and only then given its manifest part, so a reader never sees a run without data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from neurostorm import __version__
 from neurostorm.errors import InputError
 
-STORE_FORMAT = "neurostorm-store/1"
+STORE_FORMAT = "neurostorm-store/2"
+READABLE_FORMATS = ("neurostorm-store/1", STORE_FORMAT)  # /1: the same runs, one manifest.parquet, no parts
 SHARD_FRAMES = 20
 TMP_MARK = ".tmp-"
+STALE_HOURS = 24.0
+OPEN_ERRORS = (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError)  # a run group missing or broken
+_OWNED = re.compile(rf"{re.escape(TMP_MARK)}(?P<host>.+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{{12}})$")
 
 
-def _is_url(location: str | os.PathLike[str]) -> bool:
+def is_url(location: str | os.PathLike[str]) -> bool:
     return "://" in str(location)
 
 
+def filesystem(location: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec file system of a store location (a path or URL) and the path inside it."""
+    fs, root = fsspec.core.url_to_fs(str(location))
+    return fs, root.rstrip("/")
+
+
+def owned_temporary(path: Path) -> Path:
+    """A unique hidden sibling of ``path`` naming its writer: ``.NAME.tmp-HOST-PID-TOKEN``."""
+    return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex}")
+    tmp = owned_temporary(path)
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, path)
 
 
 def write_parquet_atomic(path: Path, table: pd.DataFrame) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex}")
+    tmp = owned_temporary(path)
     table.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex}")
+    tmp = owned_temporary(path)
     with open(tmp, "wb") as handle:  # a file handle, so numpy does not append ".npz" to the temporary name
         np.savez(handle, **arrays)
     os.replace(tmp, path)
 
 
+def put_bytes(location: str, relative: str, payload: bytes) -> None:
+    """Write ``payload`` to ``location/relative`` whole: renamed into place locally, one upload at a URL."""
+    if is_url(location):
+        fs, root = filesystem(location)
+        target = f"{root}/{relative}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # a file system needs the folder; buckets ignore it
+        fs.pipe_file(target, payload)
+        return
+    path = Path(location) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = owned_temporary(path)
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def read_store_info(location: str) -> dict | None:
+    """``store.json`` of a store, or None when there is none; a format this version cannot read is refused."""
+    fs, root = filesystem(location)
+    try:
+        with fs.open(f"{root}/store.json", "r") as handle:
+            info = json.load(handle)
+    except FileNotFoundError:
+        return None
+    if info.get("format") not in READABLE_FORMATS:
+        raise InputError(location, f"store format {info.get('format')!r} (written by neurostorm "
+                                   f"{info.get('neurostorm_version', '?')}); neurostorm {__version__} reads "
+                                   f"{', '.join(READABLE_FORMATS)}")
+    return info
+
+
+def open_store_for_writing(location: str, grid: dict) -> None:
+    """Create the store at ``location`` or check an existing one: same grid, a format this version writes.
+    A ``/1`` store is upgraded in place (its runs and manifest stay valid)."""
+    info = read_store_info(location)
+    if info is not None and info["grid"]["name"] != grid["name"]:
+        raise InputError(location, f"store grid {info['grid']['name']} differs from {grid['name']}")
+    if info is None or info["format"] != STORE_FORMAT:
+        payload = {"format": STORE_FORMAT, "grid": grid, "neurostorm_version": __version__}
+        put_bytes(location, "store.json", json.dumps(payload, indent=2).encode())
+    if not is_url(location):
+        (Path(location) / "runs").mkdir(parents=True, exist_ok=True)
+
+
+def _same_source(record: dict | None, other: dict) -> bool:
+    return record is not None and all(record.get(k) == other[k] for k in ("source_sha256", "params"))
+
+
 class RunWriter:
-    """Write one run's frames to ``runs/<run_id>.zarr`` atomically.
+    """Write one run's frames to ``runs/<run_id>.zarr`` of a store, atomically.
 
     Frames are appended in time order with :meth:`append`; :meth:`commit` writes the record, marks the
-    group complete and renames it into place. Without ``commit`` nothing appears under the final name.
+    group complete and publishes it. Without ``commit`` nothing appears under the final name.
     """
 
-    def __init__(self, root: Path, run_id: str, n_frames: int, grid_shape: tuple[int, int, int],
+    def __init__(self, location: str, run_id: str, n_frames: int, grid_shape: tuple[int, int, int],
                  dtype: str, mask: np.ndarray) -> None:
-        self.final = root / "runs" / f"{run_id}.zarr"
-        self.tmp = root / "runs" / f".{run_id}.zarr{TMP_MARK}{uuid.uuid4().hex}"
+        self.location, self.run_id = location, run_id
+        if is_url(location):  # staged on local disk, uploaded by commit
+            self.tmp = Path(tempfile.mkdtemp(prefix="neurostorm-")) / f"{run_id}.zarr"
+        else:
+            self.tmp = owned_temporary(Path(location) / "runs" / f"{run_id}.zarr")
         self.group = zarr.open_group(LocalStore(self.tmp), mode="w")
         shard = (min(SHARD_FRAMES, n_frames), *grid_shape)
         self.bold = self.group.create_array("bold", shape=(n_frames, *grid_shape), dtype=dtype,
@@ -81,10 +161,12 @@ class RunWriter:
         self._buffer: list[np.ndarray] = []
         self._scales: list[float] = []
         self._written = 0
+        self._digest = hashlib.sha256()  # of the stored values, frame by frame, then the scales
 
     def append(self, frame: np.ndarray, scale: float | None = None) -> None:
         """Add the next frame (X, Y, Z) in storage dtype, with its int8 scale."""
         self._buffer.append(frame)
+        self._digest.update(np.ascontiguousarray(frame).tobytes())
         if scale is not None:
             self._scales.append(scale)
         if len(self._buffer) == SHARD_FRAMES:
@@ -96,43 +178,133 @@ class RunWriter:
         stop = self._written + len(self._buffer)
         self.bold[self._written:stop] = np.stack(self._buffer)
         if self.scale is not None:
-            self.scale[self._written:stop] = np.asarray(self._scales, dtype=np.float32)
-        self._written, self._buffer, self._scales = stop, [], []
+            self.scale[self._written:stop] = np.asarray(self._scales[self._written:stop], dtype=np.float32)
+        self._written, self._buffer = stop, []
 
-    def commit(self, record: dict) -> None:
+    def commit(self, record: dict) -> dict:
+        """Publish the run with ``record`` (plus ``data_sha256``) as its attributes; returns that record.
+
+        When another job published the same run from the same source and parameters meanwhile, its copy
+        (identical bytes) is kept and this one dropped."""
         self._flush()
         if self._written != self.bold.shape[0]:
-            raise RuntimeError(f"{self.final}: wrote {self._written} of {self.bold.shape[0]} frames")
+            raise RuntimeError(f"{self.run_id}: wrote {self._written} of {self.bold.shape[0]} frames")
+        self._digest.update(np.asarray(self._scales, dtype=np.float32).tobytes())
+        record = {**record, "data_sha256": self._digest.hexdigest()}
         self.group.attrs.update({**record, "complete": True})
-        if self.final.exists():  # an outdated or incomplete earlier version: swap, then delete
-            trash = self.final.with_name(f".{self.final.name}{TMP_MARK}old-{uuid.uuid4().hex}")
-            os.replace(self.final, trash)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(trash, ignore_errors=True)
+        if is_url(self.location):
+            fs, root = filesystem(self.location)
+            final = f"{root}/runs/{self.run_id}.zarr"
+            if fs.exists(final):
+                fs.rm(final, recursive=True)
+            fs.put(str(self.tmp), final, recursive=True)
+            self.abort()
         else:
-            os.replace(self.tmp, self.final)
+            self._rename_into_place(record)
+        return record
+
+    def _rename_into_place(self, record: dict) -> None:
+        final = Path(self.location) / "runs" / f"{self.run_id}.zarr"
+        for _ in range(10):  # other jobs may publish or replace the same run in between
+            try:
+                os.replace(self.tmp, final)  # fails when a non-empty group is there
+                return
+            except OSError:
+                if _same_source(completed_record(self.location, self.run_id), record):
+                    self.abort()  # the same bytes, written by another job
+                    return
+            trash = owned_temporary(final.with_name(f"{final.name}.old"))
+            try:  # an outdated or partial earlier version: move it aside, then retry
+                os.replace(final, trash)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        raise RuntimeError(f"{final}: could not replace the run (another job keeps replacing it)")
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp.parent if is_url(self.location) else self.tmp, ignore_errors=True)
 
 
-def completed_record(path: Path) -> dict | None:
-    """The record of a complete run group at ``path``, or None if missing, partial or unreadable."""
-    if not (path / "zarr.json").exists():
-        return None
+def open_run(location: str, run_id: str) -> zarr.Group:
+    """The zarr group of one run of a store (nothing read but its metadata)."""
+    url = f"{location}/runs/{run_id}.zarr"
+    backend = FsspecStore.from_url(url, read_only=True) if is_url(url) else LocalStore(url, read_only=True)
+    return zarr.open_group(backend, mode="r")
+
+
+def completed_record(location: str | os.PathLike[str], run_id: str) -> dict | None:
+    """The record of a run's complete group, or None if missing, partial or unreadable."""
     try:
-        attrs = dict(zarr.open_group(LocalStore(path, read_only=True), mode="r").attrs)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        attrs = dict(open_run(str(location), run_id).attrs)
+    except OPEN_ERRORS:
         return None
     return attrs if attrs.get("complete") is True else None
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete what killed jobs left behind (temporary run groups and files); returns how many."""
-    stale = [p for p in (root / "runs").glob(f".*{TMP_MARK}*")] + list(root.glob(f"*{TMP_MARK}*"))
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return len(stale)
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:  # Linux: the state follows the parenthesised name
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """What a writer left under a temporary name: its owner (when the name says) and how long it is idle."""
+
+    path: Path
+    host: str | None
+    pid: int | None
+    idle_hours: float
+
+    @property
+    def owner_gone(self) -> bool:
+        return self.host == socket.gethostname() and self.pid is not None and not process_alive(self.pid)
+
+    def stale(self, max_idle_hours: float = STALE_HOURS) -> bool:
+        return self.owner_gone or self.idle_hours > max_idle_hours
+
+
+def _idle_hours(path: Path) -> float:
+    """Hours since anything in ``path`` (a file or a folder tree) last changed."""
+    times = [path.stat().st_mtime] + ([p.stat().st_mtime for p in path.rglob("*")] if path.is_dir() else [])
+    return (time.time() - max(times)) / 3600.0
+
+
+def find_temporaries(root: Path) -> list[Temporary]:
+    """Temporaries in a local store (its top folder, ``runs/`` and ``manifest.d/``)."""
+    found = []
+    for folder in (root, root / "runs", root / "manifest.d"):
+        for path in folder.glob(f"*{TMP_MARK}*") if folder.is_dir() else ():
+            match = _OWNED.search(path.name)
+            try:
+                idle = _idle_hours(path)
+            except FileNotFoundError:  # published or removed by its writer meanwhile
+                continue
+            found.append(Temporary(path, match["host"] if match else None,
+                                   int(match["pid"]) if match else None, idle))
+    return found
+
+
+def remove_stale_temporaries(root: Path, max_idle_hours: float = STALE_HOURS) -> tuple[int, int]:
+    """Delete what finished or killed jobs left behind; returns (removed, kept as another job's live work)."""
+    removed = kept = 0
+    for temporary in find_temporaries(root):
+        if not temporary.stale(max_idle_hours):
+            kept += 1
+            continue
+        shutil.rmtree(temporary.path, ignore_errors=True) if temporary.path.is_dir() \
+            else temporary.path.unlink(missing_ok=True)
+        removed += 1
+    return removed, kept
 
 
 class Store:
@@ -141,32 +313,25 @@ class Store:
     >>> store = Store("out/store")               # or Store("s3://bucket/store")
     >>> store.manifest.run_id.tolist()
     >>> clip = store.read_clip(run_id, start=0, length=20)   # (20, 96, 96, 96) float32
+
+    Opening reads ``store.json``; the manifest is read on first use of :attr:`manifest`, a run on its first
+    read, so a worker that reads runs never loads the manifest.
     """
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self.location = str(location).rstrip("/")
-        self.info = self._read_info()
-        try:
-            self.manifest = pd.read_parquet(f"{self.location}/manifest.parquet")
-        except FileNotFoundError:
-            raise InputError(self.location, "no manifest.parquet: not a neurostorm store") from None
+        info = read_store_info(self.location)
+        if info is None:
+            raise InputError(self.location, "no store.json: not a neurostorm store")
+        self.info = info
         self._runs: dict[str, zarr.Group] = {}
 
-    def _read_info(self) -> dict:
-        path = f"{self.location}/store.json"
-        try:
-            if _is_url(self.location):
-                import fsspec
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        """One row per run (see :mod:`neurostorm.data.manifest`)."""
+        from neurostorm.data.manifest import read_manifest
 
-                with fsspec.open(path, "r") as handle:
-                    info = json.load(handle)
-            else:
-                info = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(self.location, "no store.json: not a neurostorm store") from None
-        if info.get("format") != STORE_FORMAT:
-            raise InputError(self.location, f"unknown store format {info.get('format')!r}")
-        return info
+        return read_manifest(self.location)
 
     @property
     def grid_affine(self) -> np.ndarray:
@@ -175,10 +340,7 @@ class Store:
     def run(self, run_id: str) -> zarr.Group:
         """The zarr group of one run (opened lazily; no data is read)."""
         if run_id not in self._runs:
-            url = f"{self.location}/runs/{run_id}.zarr"
-            backend = FsspecStore.from_url(url, read_only=True) if _is_url(url) \
-                else LocalStore(url, read_only=True)
-            self._runs[run_id] = zarr.open_group(backend, mode="r")
+            self._runs[run_id] = open_run(self.location, run_id)
         return self._runs[run_id]
 
     def n_frames(self, run_id: str) -> int:

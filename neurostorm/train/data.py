@@ -167,7 +167,7 @@ class StoreMixSampler(Sampler[int]):
         chosen = [offset + rng.choice(size, count, replace=count > size)
                   for offset, size, count in zip(offsets, self.sizes, self.counts, strict=True) if count]
         order = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
-        return iter(rng.permutation(order).tolist())
+        return map(int, rng.permutation(order))  # lazily: an epoch of millions of clips is one int64 array
 
 
 class PretrainClips(L.LightningDataModule):

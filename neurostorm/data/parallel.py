@@ -1,0 +1,88 @@
+"""Where per-run work runs: in this process, in local worker processes, or as tasks on a Dask cluster.
+
+``--dask local:N`` starts a ``dask.distributed.LocalCluster`` of N single-threaded worker processes;
+``--dask tcp://host:8786`` (or any scheduler address) uses a running cluster, e.g. one that
+``dask-jobqueue`` started on Slurm or PBS. Workers of a remote cluster must see the input files and the
+store at the same paths (a shared file system) or write the store to a URL. Each task is one run, streamed
+as in a single process, so memory per task stays that of one run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from neurostorm.errors import InputError
+
+
+def check_dask_address(address: str) -> str:
+    """``local:N`` or a scheduler address; anything else is refused."""
+    if address.startswith("local:"):
+        count = address.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise InputError("--dask", f"local:N needs a positive number of workers, got {address!r}")
+    elif ":" not in address:
+        raise InputError("--dask", f"expected local:N or a scheduler address such as tcp://host:8786, got {address!r}")
+    return address
+
+
+class TaskRunner:
+    """Run independent tasks and hand back their results as they finish.
+
+    >>> with TaskRunner(workers=4) as runner:            # or TaskRunner(dask="local:4" | "tcp://host:8786")
+    ...     for index, result in runner.run(function, [(a1, b1), (a2, b2)]):
+    ...         ...
+
+    Connecting to a cluster happens in the constructor, so an unreachable scheduler fails before any work;
+    how long a connection is tried is Dask's ``distributed.comm.timeouts.connect`` (environment:
+    ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s``).
+    """
+
+    def __init__(self, workers: int = 1, dask: str | None = None) -> None:
+        self.workers, self.client, self.cluster = workers, None, None
+        if dask is not None:
+            self._connect(check_dask_address(dask))
+
+    def _connect(self, address: str) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise InputError(address, "--dask needs dask.distributed: pip install 'neurostorm[cluster]'") from None
+        if address.startswith("local:"):
+            self.cluster = LocalCluster(n_workers=int(address.split(":")[1]), threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+            return
+        try:
+            self.client = Client(address)
+        except (OSError, TimeoutError) as err:
+            raise InputError(address, f"cannot reach the Dask scheduler ({type(err).__name__}: {err})") from None
+
+    def __enter__(self) -> TaskRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def run(self, function: Callable[..., Any], arguments: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        """(index into ``arguments``, ``function(*arguments[index])``) for every task, in finishing order."""
+        if self.client is not None:
+            from distributed import as_completed as dask_completed
+
+            futures = {self.client.submit(function, *args, pure=False): i for i, args in enumerate(arguments)}
+            for future in dask_completed(futures):
+                yield futures[future], future.result()
+                future.release()
+        elif self.workers <= 1:
+            for index, args in enumerate(arguments):
+                yield index, function(*args)
+        else:
+            with ProcessPoolExecutor(max_workers=self.workers) as pool:
+                futures = {pool.submit(function, *args): i for i, args in enumerate(arguments)}
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
