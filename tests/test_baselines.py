@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from neurostorm.cli import main
+from neurostorm.data.datasets import FCDataset
+from neurostorm.errors import InputError
 from neurostorm.models import build_model, count_parameters
-from neurostorm.models.baselines.braingnn import TopKPool, sparse_graph
+from neurostorm.models.baselines.bnt import clustering_loss
+from neurostorm.models.baselines.braingnn import RaGConv, TopKPool, connectome_graph, consistency_loss, topk_loss
 from neurostorm.models.baselines.brainnetcnn import EdgeToEdge
 from neurostorm.models.baselines.swift import SwiFTConfig, SwinBlock
-from neurostorm.models.weights import load_pretrained, save_pretrained
+from neurostorm.models.weights import load_official_checkpoint, load_pretrained, save_pretrained
 from neurostorm.tasks.compare import Method, saved_methods
 from neurostorm.train.config import load_config
 
@@ -55,16 +58,100 @@ def test_edge_to_edge_is_a_row_plus_column_filter():
     assert torch.allclose(layer(a)[0, 0], expected, atol=1e-6)
 
 
-def test_bnt_centres_start_orthonormal_and_braingnn_pools_by_roi():
+def test_reference_sizes_at_264_rois():
+    counts = {name: count_parameters(build_model(name)) for name in ("brainnetcnn", "bnt", "braingnn")}
+    assert counts == {"brainnetcnn": 16_270_784, "bnt": 9_661_256, "braingnn": 255_744}
+    bnt = build_model("bnt")
+    assert bnt.config.pooling == (132, 26) and bnt.identity.shape == (264, 32)
+    assert all(layer.self_attn.in_proj_bias is not None for layer in bnt.transformers)  # biases kept
+
+
+def test_bnt_assignment_is_the_squared_projection_rule_on_orthonormal_centres():
+    torch.manual_seed(0)
     bnt = build_model("bnt-tiny", n_rois=32)
-    centres = bnt.readout.centres.detach()
-    assert torch.allclose(centres @ centres.T, torch.eye(len(centres)), atol=1e-5)
-    fc = torch.randn(2, 32, 32)
-    adjacency = sparse_graph(fc, 0.1)
-    assert torch.allclose(adjacency.sum(2)[adjacency.sum(2) > 0], torch.ones(1))
-    assert ((adjacency > 0).sum() / (2 * 32 * 32)) == pytest.approx(0.1, abs=0.02)
-    h, adj, rois = TopKPool(4, 0.5)(torch.randn(2, 32, 4), adjacency, torch.arange(32).expand(2, -1))
-    assert h.shape == (2, 16, 4) and adj.shape == (2, 16, 16) and len(set(rois[0].tolist())) == 16
+    readout = bnt.readouts[0]
+    centres = readout.centres.detach()
+    assert centres.shape == (16, 40) and not readout.centres.requires_grad  # frozen, as published
+    assert torch.allclose(centres @ centres.T, torch.eye(16), atol=1e-5)
+    z = torch.randn(3, 32, 40)
+    assignment = readout.assign(z)
+    expected = torch.softmax((z @ centres.T) ** 2 / centres.norm(dim=1), dim=-1)
+    assert torch.allclose(assignment, expected, atol=1e-6)
+    assert torch.allclose(assignment.sum(-1), torch.ones(3, 32), atol=1e-6)
+    assert torch.allclose(readout.assign(-z), assignment, atol=1e-6)  # squared: the sign of a projection is lost
+
+
+def test_bnt_clustering_loss_is_finite_and_falls_as_assignments_sharpen():
+    torch.manual_seed(0)
+    readout = build_model("bnt-tiny", n_rois=32).readouts[0]
+    z = torch.nn.Parameter(0.1 * torch.randn(4, 32, 40))
+    optimiser = torch.optim.Adam([z], lr=0.05)
+    losses = []
+    for _ in range(60):
+        loss = clustering_loss(readout.assign(z))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def ragconv_by_hand(conv, x, edges, rois):
+    """Node i: mean over j in N(i) ∪ {i} of softmax_j(e_ij, self-loop 1) · W_{roi_j} x_j, plus the bias."""
+    theta1, theta2 = conv.theta1.weight.double(), conv.theta2
+    out = torch.zeros(x.shape[0], conv.d_out, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        sources = [j for j in range(x.shape[0]) if j == i or edges[i, j] != 0]
+        logits = torch.tensor([1.0 if j == i else float(edges[i, j]) for j in sources], dtype=torch.float64)
+        alpha = torch.softmax(logits, 0)
+        for a, j in zip(alpha, sources, strict=True):
+            kernel = (theta2.weight.double() @ torch.relu(theta1[:, rois[j]]) + theta2.bias.double())
+            out[i] += a * (x[j].double() @ kernel.view(conv.d_in, conv.d_out))
+        out[i] = out[i] / len(sources) + conv.bias.double()
+    return out
+
+
+def test_braingnn_kernel_of_node_j_transforms_js_message():
+    torch.manual_seed(0)
+    conv = RaGConv(4, 3, n_rois=5, communities=2)
+    x = torch.randn(5, 4)
+    edges = connectome_graph(torch.tensor([[1.0, 0.5, 0.0, -0.2, 0.0], [0.5, 1.0, 0.3, 0.0, 0.0],
+                                           [0.0, 0.3, 1.0, 0.0, 0.7], [-0.2, 0.0, 0.0, 1.0, 0.0],
+                                           [0.0, 0.0, 0.7, 0.0, 1.0]])[None])[0]
+    for rois in (torch.arange(5), torch.tensor([0, 3, 2, 1, 4])):  # then ROIs 1 and 3 swap memberships
+        out = conv(x[None], edges[None], rois[None])[0]
+        assert torch.allclose(out.double(), ragconv_by_hand(conv, x, edges, rois), atol=1e-5)
+    swapped = conv(x[None], edges[None], torch.tensor([[0, 3, 2, 1, 4]]))[0]
+    plain = conv(x[None], edges[None], torch.arange(5)[None])[0]
+    # node 4 hears only node 2 and itself, whose kernels did not move: unchanged; nodes 0-3 hear 1 or 3
+    assert torch.allclose(swapped[4], plain[4]) and not torch.allclose(swapped[:4], plain[:4])
+
+
+def test_braingnn_pooling_and_its_three_regularisers_by_hand():
+    torch.manual_seed(0)
+    pool = TopKPool(2, 0.5)
+    with torch.no_grad():
+        pool.weight.copy_(torch.tensor([3.0, 4.0]))  # ‖w‖ = 5
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.0, -2.0]]])
+    edges = torch.rand(1, 5, 5)
+    kept, kept_edges, rois, score = pool(x, edges, torch.arange(5)[None])
+    assert torch.allclose(score, torch.tensor([[0.6, 0.8, 1.4, -0.6, -1.6]]))
+    assert rois.tolist() == [[2, 1, 0]] and kept_edges.shape == (1, 3, 3)  # ⌈0.5 · 5⌉ = 3 best, best first
+    assert torch.allclose(kept, x[:, [2, 1, 0]] * torch.sigmoid(torch.tensor([1.4, 0.8, 0.6]))[None, :, None])
+    s = torch.sigmoid(torch.tensor([1.4, 0.8, 0.6, -0.6, -1.6]))
+    expected = -torch.log(s[:3]).mean() - torch.log(1 - s[3:]).mean()
+    assert torch.isclose(topk_loss(score, 3), expected, atol=1e-6)
+    scores = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, -1.0]])
+    sig = torch.sigmoid(scores)
+    by_hand = ((sig[0] - sig[1]) ** 2).sum() / 2 * 2 / 4  # class 0: one pair of two subjects, ½Σ_{m,n} / G²
+    assert torch.isclose(consistency_loss(scores, torch.tensor([0, 0, 1])), by_hand, atol=1e-6)
+    model = build_model("braingnn-tiny", n_rois=5)
+    model.encode(torch.randn(3, 5, 5))
+    with torch.no_grad():
+        unit = sum((p.weight.norm() - 1) ** 2 for p in model.pools)
+    losses = model.regularisers(torch.tensor([0, 0, 1]))
+    assert set(losses) == {"unit_loss", "topk_loss", "consistency_loss"}
+    assert torch.isclose(losses["unit_loss"], unit) and set(model.regularisers(None)) == {"unit_loss", "topk_loss"}
 
 
 def coupling_matrices(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,3 +236,93 @@ def test_compare_runs_every_model_on_one_split(realistic_store, tmp_path, capsys
     rerun = load_config(out / "task.yaml")  # the task as run, with its methods: reruns the table alone
     assert rerun.data.split_file == str(out / "split.json") and rerun.task.label == "sex"
     assert [m.spec for m in saved_methods(out / "task.yaml")] == models.split(",")
+    for method, losses in (("bnt-tiny", ["cluster_loss"]), ("braingnn-tiny", ["unit_loss", "topk_loss",
+                                                                             "consistency_loss"])):
+        logged = pd.read_csv(out / "runs" / method / "logs" / "metrics.csv")  # beside the task loss
+        assert all(logged[f"train_{name}_epoch"].notna().any() for name in ["loss", *losses]), method
+
+
+def test_bad_connectivity_and_weights_for_another_atlas_are_refused(realistic_store, tmp_path, capsys):
+    roi = tmp_path / "roi"
+    assert main(["roi", str(realistic_store), "--atlas", "dosenbach160", "--out", str(roi), "--quiet"]) == 0
+    with np.load(roi / "fc.npz") as fc:
+        arrays = dict(fc)
+    run_ids = arrays["run_id"].tolist()
+    for edit, problem in ((lambda m: m.__setitem__((3, 0, 1), np.nan), "NaN or Inf in its connectivity matrix"),
+                          (lambda m: m.__setitem__((3, 0, 1), 5.0), "connectivity matrix not symmetric")):
+        broken = {k: v.copy() for k, v in arrays.items()}
+        edit(broken["fisher_z"])
+        np.savez(roi / "fc.npz", **broken)
+        with pytest.raises(InputError, match=f"fc.npz: run {run_ids[3]}: {problem}"):
+            FCDataset(roi)
+    weights = tmp_path / "bnt-32"
+    save_pretrained(build_model("bnt-tiny", n_rois=32), weights)
+    capsys.readouterr()
+    assert main(["finetune", "--config", "tiny", "model.name=bnt-tiny", f"model.init={weights}", "task.label=sex",
+                 f"data.stores=[{realistic_store}]", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "weights for 32 ROIs, but atlas power264 gives 264" in capsys.readouterr().err
+
+
+def reference_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """BNT's weights under the reference's module paths (its Lightning module holds the network as ``model``),
+    without the transformer biases its layers lack."""
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.startswith("transformers.") and name.endswith("bias"):
+            continue
+        parts = name.split(".")
+        if name.startswith(("transformers.", "readouts.")):
+            block, rest = parts[1], ".".join(parts[2:])
+            prefix = "transformer" if parts[0] == "transformers" else "dec"
+            rest = "assignment.cluster_centers" if rest == "centres" else rest
+            state[f"model.attention_list.{block}.{prefix}.{rest}"] = value
+        else:
+            state["model." + {"identity": "node_identity"}.get(name, name.replace("reduce.", "dim_reduction.")
+                                                                .replace("mlp.", "fc."))] = value
+    state["model.fc.6.weight"], state["model.fc.6.bias"] = torch.randn(2, 16), torch.randn(2)  # its task layer
+    return state
+
+
+def test_a_reference_bnt_checkpoint_loads_by_name_and_computes_the_same_function(tmp_path):
+    torch.manual_seed(0)
+    reference = build_model("bnt-tiny", n_rois=32).eval()
+    with torch.no_grad():
+        for layer in reference.transformers:  # what the reference's bias-less layers compute
+            for name, parameter in layer.named_parameters():
+                if name.endswith("bias"):
+                    parameter.zero_()
+    path = tmp_path / "bnt.ckpt"
+    torch.save({"state_dict": reference_state(reference), "hyper_parameters": {"num_rois": 32}}, path)
+    ours = build_model("bnt-tiny", n_rois=32).eval()
+    report = load_official_checkpoint(path, ours)
+    assert sorted(report.unexpected) == ["model.fc.6.bias", "model.fc.6.weight"]  # the task layer: our head
+    assert all(name.startswith("transformers.") and name.endswith("bias") for name in report.missing)
+    fc = torch.randn(3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours.encode(fc), reference.encode(fc), atol=1e-6)
+    with pytest.raises(InputError, match="the checkpoint was built with other model sizes"):
+        load_official_checkpoint(path, build_model("bnt-tiny", n_rois=40))
+
+
+def test_a_reference_braingnn_checkpoint_loads_by_name(tmp_path):
+    torch.manual_seed(0)
+    reference = build_model("braingnn-tiny", n_rois=12).eval()
+    state = {}
+    for block in (1, 2):  # the reference's names: nn1 = θ (also held by conv1 as conv1.nn), pool weights (1, d)
+        conv, pool = reference.convs[block - 1], reference.pools[block - 1]
+        for prefix in (f"model.nn{block}", f"model.conv{block}.nn"):
+            state[f"{prefix}.0.weight"] = conv.theta1.weight
+            state[f"{prefix}.2.weight"], state[f"{prefix}.2.bias"] = conv.theta2.weight, conv.theta2.bias
+        state[f"model.conv{block}.bias"], state[f"model.pool{block}.weight"] = conv.bias, pool.weight[None]
+    for ours, theirs in ((0, "fc1"), (2, "bn1"), (4, "fc2"), (6, "bn2")):
+        for name, value in reference.classifier[ours].state_dict().items():
+            state[f"model.{theirs}.{name}"] = value
+    state["model.fc3.weight"] = torch.randn(2, 64)
+    torch.save({"state_dict": {k: v.detach().clone() for k, v in state.items()}}, tmp_path / "gnn.ckpt")
+    ours = build_model("braingnn-tiny", n_rois=12).eval()
+    report = load_official_checkpoint(tmp_path / "gnn.ckpt", ours)
+    assert report.missing == [] and report.unexpected == ["model.fc3.weight"]
+    fc = torch.randn(4, 12, 12)
+    fc = (fc + fc.transpose(1, 2)) / 2
+    with torch.no_grad():
+        assert torch.allclose(ours.encode(fc), reference.encode(fc), atol=1e-6)

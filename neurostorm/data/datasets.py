@@ -171,6 +171,19 @@ class ROIDataset(Dataset, _Labelled):
         return self._sample(record, torch.from_numpy(np.array(series[start:stop], dtype=np.float32)), start=start)
 
 
+def check_connectomes(matrices: np.ndarray, run_ids: list[str], source: Path) -> None:
+    """Refuse, naming the run, connectivity that is not (N, R, R), not symmetric, or holds NaN/Inf."""
+    if matrices.ndim != 3 or matrices.shape[1] != matrices.shape[2]:
+        raise InputError(source, f"connectivity must be square matrices (N, R, R), got shape {matrices.shape}")
+    finite = np.isfinite(matrices).all(axis=(1, 2))
+    asymmetry = np.abs(np.where(np.isfinite(matrices), matrices, 0) - matrices.transpose(0, 2, 1)).max(axis=(1, 2))
+    for run_id, ok, gap in zip(run_ids, finite, asymmetry, strict=True):
+        if not ok:
+            raise InputError(source, f"run {run_id}: NaN or Inf in its connectivity matrix")
+        if gap > 1e-4:
+            raise InputError(source, f"run {run_id}: connectivity matrix not symmetric (largest |A - Aᵀ| {gap:.3g})")
+
+
 class FCDataset(Dataset, _Labelled):
     """Connectivity matrices (R, R) of one kind (``fisher_z``, ``pearson`` or ``partial``), one per run."""
 
@@ -183,6 +196,7 @@ class FCDataset(Dataset, _Labelled):
                 raise KeyError(f"{root / 'fc.npz'} has no {kind!r} matrices (have {sorted(fc.files)})")
             position = {r: i for i, r in enumerate(fc["run_id"].tolist())}
             self.matrices = fc[kind][[position[r] for r in self.runs["run_id"]]]
+        check_connectomes(self.matrices, self.runs["run_id"].tolist(), root / "fc.npz")
 
     def __len__(self) -> int:
         return len(self.runs)

@@ -83,11 +83,11 @@ for _preset, _heads in (("base", (3, 6, 12, 24)), ("tiny", (2, 4, 8, 16))):
         lambda p=_preset, h=_heads, **overrides: SwiFT(SwiFTConfig(**{**asdict(ENCODER_PRESETS[p]), "heads": h,
                                                                     **overrides})))
 
-CONNECTOME_PRESETS = {  # name: (model, config, tiny settings)
+CONNECTOME_PRESETS = {  # name: (model, config, tiny settings); the defaults are the reference comparisons' sizes
     "brainnetcnn": (BrainNetCNN, BrainNetCNNConfig, {"e2e_channels": (8, 8), "e2n_channels": 16, "n2g_channels": 32,
                                                      "hidden": 32}),
-    "bnt": (BNT, BNTConfig, {"layers": 1, "feedforward": 128, "clusters": 10, "hidden": 64}),
-    "braingnn": (BrainGNN, BrainGNNConfig, {"dim": 16, "communities": 4, "hidden": 32}),
+    "bnt": (BNT, BNTConfig, {"pos_dim": 8, "feedforward": 64, "dec_hidden": 8, "hidden": 32, "out": 16}),
+    "braingnn": (BrainGNN, BrainGNNConfig, {"dims": (16, 16), "communities": 4, "classifier": (32, 64)}),
 }
 
 

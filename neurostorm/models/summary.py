@@ -62,6 +62,8 @@ def describe(model: nn.Module | FCLinear) -> list[str]:
                 *encoder_lines(model)]
     if isinstance(model, NeuroSTORM):
         return ["NeuroSTORM encoder", *encoder_lines(model), describe_scan_backends()]
-    n_rois = getattr(getattr(model, "config", None), "n_rois", None)
+    config = getattr(model, "config", None)
+    n_rois = getattr(config, "n_rois", None)
     shape = f"; input (B, {n_rois}, {n_rois}) FC (sized to the atlas by data.atlas)" if n_rois else ""
-    return [f"{type(model).__name__}: {count_parameters(model):,} parameters{shape}"]
+    settings = [f"  {k} {v}" for k, v in config.to_dict().items() if k != "n_rois"] if config is not None else []
+    return [f"{type(model).__name__}: {count_parameters(model):,} parameters{shape}", *settings]

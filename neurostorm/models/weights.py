@@ -148,11 +148,38 @@ class LoadReport:
 
 
 _DECODER_PREFIXES = ("first_patch_expanding.", "layers_up.", "norm_up.", "decoder_pred.")
+# the reference's connectome baselines, module by module (its task layer, BNT's fc.6 and BrainGNN's fc3, is
+# our task head, so it is reported as unexpected); "{0}" is the reference's 1-based block number minus one
+_BASELINE_NAMES: dict[type, list[tuple[str, str]]] = {
+    BNT: [(r"^node_identity$", "identity"),
+          (r"^attention_list\.(\d+)\.transformer\.(.+)$", "transformers.{1}.{2}"),
+          (r"^attention_list\.(\d+)\.(?:dec\.)?encoder\.(.+)$", "readouts.{1}.encoder.{2}"),
+          (r"^attention_list\.(\d+)\.dec\.assignment\.cluster_centers$", "readouts.{1}.centres"),
+          (r"^dim_reduction\.(.+)$", "reduce.{1}"), (r"^fc\.([03]\..+)$", "mlp.{1}")],
+    BrainGNN: [(r"^(?:nn|conv)(\d)(?:\.nn)?\.0\.weight$", "convs.{0}.theta1.weight"),
+               (r"^(?:nn|conv)(\d)(?:\.nn)?\.2\.(weight|bias)$", "convs.{0}.theta2.{2}"),
+               (r"^conv(\d)\.bias$", "convs.{0}.bias"),
+               (r"^pool(\d)\.(?:select\.)?weight$", "pools.{0}.weight"),  # (1, d) in torch-geometric
+               (r"^fc1\.(.+)$", "classifier.0.{1}"), (r"^bn1\.(.+)$", "classifier.2.{1}"),
+               (r"^fc2\.(.+)$", "classifier.4.{1}"), (r"^bn2\.(.+)$", "classifier.6.{1}")],
+}
 
 
-def official_to_ours(key: str, value: torch.Tensor, target: NeuroSTORM | STORM) -> tuple[str, torch.Tensor]:
+def _baseline_name(key: str, value: torch.Tensor, model: nn.Module) -> tuple[str, torch.Tensor]:
+    for pattern, template in _BASELINE_NAMES[type(model)]:
+        if match := re.match(pattern, key):
+            groups = match.groups()
+            block = int(groups[0]) - 1 if groups and groups[0].isdigit() else None
+            name = template.format(block, *groups)
+            return name, value.reshape(-1) if name.startswith("pools.") else value
+    return key, value
+
+
+def official_to_ours(key: str, value: torch.Tensor, target: nn.Module) -> tuple[str, torch.Tensor]:
     """Map one key/tensor of a reference checkpoint (prefix ``model.``) to our name and layout."""
     key = key.removeprefix("model.")
+    if type(target) in _BASELINE_NAMES:
+        return _baseline_name(key, value, target)
     if key.endswith(".pos_embed") and value.ndim == 6:  # (1, C, D, H, W, 1) → (D, H, W, C)
         value = value[0, ..., 0].permute(1, 2, 3, 0)
     elif key.endswith(".time_embed") and value.ndim == 6:  # (1, C, 1, 1, 1, T) → (T, C)
@@ -167,8 +194,9 @@ def official_to_ours(key: str, value: torch.Tensor, target: NeuroSTORM | STORM) 
     return key, value.contiguous()
 
 
-def load_official_checkpoint(path: str | Path, model: NeuroSTORM | STORM) -> LoadReport:
-    """Load a reference NeuroSTORM Lightning checkpoint into ``model`` by name; report what did not match.
+def load_official_checkpoint(path: str | Path, model: nn.Module) -> LoadReport:
+    """Load a reference Lightning checkpoint into ``model`` by name; report what did not match. ``model`` is a
+    NeuroSTORM encoder or STORM model, or the BNT or BrainGNN baseline (their reference module names mapped).
 
     Tensors whose mapped name the model lacks are reported as unexpected (a task head, unused mask
     tokens); parameters the checkpoint lacks keep their values and are reported as missing. A tensor
@@ -187,5 +215,8 @@ def load_official_checkpoint(path: str | Path, model: NeuroSTORM | STORM) -> Loa
             updates[name] = tensor
     report.loaded = sorted(updates)
     report.missing = sorted(own.keys() - updates.keys())
+    if isinstance(model, BNT) and report.loaded:  # the reference's layers have no biases: ours at 0 match them
+        updates.update({name: torch.zeros_like(own[name]) for name in report.missing
+                        if name.startswith("transformers.") and name.endswith("bias")})
     model.load_state_dict({**own, **updates})
     return report

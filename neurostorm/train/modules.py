@@ -113,7 +113,16 @@ class AdaptModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["x"]), batch["y"])
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0])
-        return loss
+        extra = self.regularisers(batch["y"])
+        for name, value in extra.items():  # a model's own training losses (BNT, BrainGNN), beside the task's
+            self.log(f"train_{name}", value, on_epoch=True, batch_size=batch["x"].shape[0])
+        return loss + sum(extra.values())
+
+    def regularisers(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoder's weighted extra losses of the last forward (class labels for group terms), if any."""
+        if not hasattr(self.encoder, "regularisers"):
+            return {}
+        return self.encoder.regularisers(None if self.kind == "regression" else y)
 
     def _collect(self, stage: str, batch: dict) -> None:
         out = self(batch["x"])

@@ -176,13 +176,17 @@ def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None)
     reads connectivity is sized to the atlas of ``data``; one that reads clips must fit every store's grid."""
     m = config.model
     path = Path(m.init)
+    n_rois = data.datasets["train"].matrices.shape[1] if data is not None and data.input == "fc" else None
+    sized = {} if n_rois is None else {"n_rois": n_rois}
     if m.init == "scratch":
-        sized = {"n_rois": data.datasets["train"].matrices.shape[1]} if data is not None and data.input == "fc" else {}
         encoder = _build(m.name, **{**sized, **m.overrides})
     elif path.is_dir():
         encoder = load_encoder(path, **m.overrides)
+        if n_rois is not None and getattr(encoder.config, "n_rois", n_rois) != n_rois:
+            raise InputError(path, f"weights for {encoder.config.n_rois} ROIs, but atlas {config.data.atlas} gives "
+                                   f"{n_rois}: use the atlas the weights were trained on")
     elif path.suffix in (".ckpt", ".pt", ".pth"):
-        encoder = _build(m.name, **m.overrides)
+        encoder = _build(m.name, **{**sized, **m.overrides})
         report = load_official_checkpoint(path, encoder)
         if not report.loaded:
             raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")

@@ -17,9 +17,9 @@ from torch import nn
 
 @dataclass
 class BrainNetCNNConfig:
-    n_rois: int = 264
-    e2e_channels: tuple[int, ...] = (32, 32)
-    e2n_channels: int = 64
+    n_rois: int = 264  # defaults: the reference comparisons' sizes (16.3 M parameters at 264 ROIs)
+    e2e_channels: tuple[int, ...] = (32, 64, 64, 64)
+    e2n_channels: int = 128
     n2g_channels: int = 256
     hidden: int = 128  # dense layer after N2G: the embedding the task head reads
     dropout: float = 0.5
