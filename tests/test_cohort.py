@@ -249,3 +249,17 @@ def test_a_version_1_store_is_read_and_upgraded(cohort, store, tmp_path):
     assert check_store(str(old)).ok
     again = preprocess([cohort], old, PreprocessConfig(), progress=False)
     assert again.processed == [] and '"neurostorm-store/2"' in (old / "store.json").read_text()
+
+
+def test_a_lock_left_by_a_killed_merge_is_taken_over_and_a_live_one_waited_for(store, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(store), str(copy)], check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    holder = '{"host": "%s", "pid": %s, "time": %f}'
+    (copy / "manifest.lock").write_text(holder % (os.uname().nodename, dead, time.time()))
+    assert main(["store", "merge", str(copy)]) == 0 and not (copy / "manifest.lock").exists()
+    (copy / "manifest.lock").write_text(holder % (os.uname().nodename, os.getpid(), time.time()))  # alive
+    capsys.readouterr()
+    assert main(["store", "merge", str(copy), "--wait", "0.5"]) == 2
+    assert "another merge held manifest.lock for 0.5 s" in capsys.readouterr().err
