@@ -192,6 +192,14 @@ def test_dask_local_cluster_store_equals_the_worker_processes_store(cohort, tmp_
     with np.load(tmp_path / "roi-1" / "fc.npz") as one, np.load(tmp_path / "roi-dask" / "fc.npz") as two:
         assert one["run_id"].tolist() == two["run_id"].tolist()
         np.testing.assert_array_equal(one["fisher_z"], two["fisher_z"])
+    bad = tmp_path / "sub-bad_task-rest_bold.nii.gz"  # a truncated file beside good runs: reported, others go on
+    raw = next(cohort.glob("sub-01/func/*_bold.nii.gz")).read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    good = next(cohort.glob("sub-02/func/*_bold.nii.gz"))
+    result = preprocess([good, bad], tmp_path / "dask-bad", PreprocessConfig(grid="mni152-fsl-4mm-48"),
+                        dask="local:2", progress=False)
+    assert result.processed == ["sub-02_task-rest_run-1"] and len(result.failures) == 1
+    assert str(result.failures[0]).startswith(f"{bad}: cannot read frames")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
