@@ -18,15 +18,16 @@ from neurostorm.models.encoder import NeuroSTORM, WindowBlock
 
 @dataclass(frozen=True)
 class TrainableReport:
-    trainable: int  # parameters that receive gradients (prompts + head)
+    trainable: int  # parameters that receive gradients (added ones + head)
     total: int  # all parameters of encoder + head
-    prompts: int
-    encoder: int  # encoder parameters without prompts
+    prompts: int  # parameters added to the encoder: prompt tokens, or LoRA adapters
+    encoder: int  # encoder parameters without the added ones
+    added: str = "prompts"
 
     def __str__(self) -> str:
         share = 100 * self.trainable / self.total
         return (f"trainable {self.trainable:,} of {self.total:,} parameters ({share:.2f} %); "
-                f"prompts {self.prompts:,} = {100 * self.prompts / self.encoder:.2f} % of the encoder")
+                f"{self.added} {self.prompts:,} = {100 * self.prompts / self.encoder:.2f} % of the encoder")
 
 
 def add_prompts(encoder: NeuroSTORM, tokens: int = 50) -> None:

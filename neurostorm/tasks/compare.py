@@ -26,7 +26,7 @@ from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.models import model_applies, model_input
 from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
-from neurostorm.train.config import ExperimentConfig, read_config_file, save_config
+from neurostorm.train.config import MODES, ExperimentConfig, read_config_file, save_config
 
 METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)
     "classification": ("balanced_accuracy", "auroc", "accuracy", "f1_macro"),
@@ -35,7 +35,6 @@ METRICS = {  # every metric of a task kind, the headline first (figures and pair
     "image_retrieval": ("top1", "top5"),
     "reidentification": ("rank1", "mAP"),
 }
-MODES = ("full", "prompt", "probe")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Method:
 
     @classmethod
     def parse(cls, spec: str, label: str | None = None) -> Method:
-        """``MODEL[@INIT][:MODE]`` (MODE one of full, prompt, probe)."""
+        """``MODEL[@INIT][:MODE]`` (MODE one of full, prompt, lora, probe)."""
         head, _, mode = spec.rpartition(":") if spec.rsplit(":", 1)[-1] in MODES else (spec, "", "full")
         model, _, init = head.partition("@")
         model_input(model)  # refuses an unknown name

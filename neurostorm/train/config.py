@@ -91,10 +91,16 @@ class TrainerConfig:
     wandb_project: str | None = None  # also log to Weights & Biases (needs the wandb package)
 
 
+MODES = ("full", "prompt", "lora", "probe")  # adaptation modes
+
+
 @dataclass
 class ExperimentConfig:
-    mode: str = "full"  # full | prompt | probe (ignored by pretraining)
+    mode: str = "full"  # full | prompt | lora | probe (ignored by pretraining)
     prompt_tokens: int = 50
+    lora_rank: int = 8  # mode=lora: rank r of each update, scaled by lora_alpha / r
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("in_proj", "out_proj")  # linear layers adapted (the Mamba projections)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,8 +108,9 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("full", "prompt", "probe"):
-            raise ValueError(f"mode must be full, prompt or probe, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.lora_targets = tuple(self.lora_targets)
         if self.task.kind not in TASK_KINDS:
             raise ValueError(f"task.kind must be one of {', '.join(TASK_KINDS)}, got {self.task.kind!r}")
 

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostorm.data.augment import augment
+from neurostorm.models.lora import lora_tuning
+from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.storm import STORM
-from neurostorm.train.config import OptimConfig
+from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model
 
 
@@ -74,6 +76,15 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         return make_optimizer(self, self.optim, self.steps_per_epoch)
+
+
+def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Module) -> None:
+    """``mode=prompt`` or ``mode=lora``: add the trained parameters to the encoder and freeze the rest of it
+    (printing the counts); ``full`` trains everything as it is."""
+    if config.mode == "prompt":
+        print(prompt_tuning(encoder, head, config.prompt_tokens))
+    elif config.mode == "lora":
+        print(lora_tuning(encoder, head, config.lora_rank, config.lora_alpha, config.lora_targets))
 
 
 class AdaptModule(L.LightningModule):

@@ -34,13 +34,13 @@ from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import EmbeddingHead
 from neurostorm.models.encoder import NeuroSTORM
-from neurostorm.models.prompts import prompt_tuning
+from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import save_pretrained
 from neurostorm.tasks.evaluation import rank_histogram
 from neurostorm.tasks.retrieval import image_retrieval, reidentification
 from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
-from neurostorm.train.modules import make_optimizer
+from neurostorm.train.modules import make_optimizer, prepare_adaptation
 
 
 def read_stimuli(path: str | None) -> tuple[list[str], np.ndarray]:
@@ -183,12 +183,12 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
         trainable = 0
     else:
         head = EmbeddingHead(encoder.out_dim, images.shape[1] if images is not None else 128)
-        if config.mode == "prompt":
-            print(prompt_tuning(encoder, head, config.prompt_tokens))
+        prepare_adaptation(config, encoder, head)
         module = ContrastiveModule(encoder, head, config.optim, task.temperature, images,
                                    max(1, len(sets["train"]) // data.batch_size))
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         _fit(config, run_dir, module, sets["train"], sets["val"])
+        merge_lora(encoder)
         save_pretrained(encoder, run_dir / "model", preprocessing=store.info)  # e.g. contrastive pretraining
         embed = module
     loader = DataLoader(sets["test"], batch_size=data.batch_size, num_workers=data.num_workers)

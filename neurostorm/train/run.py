@@ -35,8 +35,8 @@ from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_applies
 from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.lora import merge_lora
 from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
-from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.weights import (
     load_encoder,
     load_official_checkpoint,
@@ -48,7 +48,7 @@ from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config, save_config
 from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips
-from neurostorm.train.modules import AdaptModule, PretrainModule
+from neurostorm.train.modules import AdaptModule, PretrainModule, prepare_adaptation
 
 
 class RandomState(Callback):
@@ -246,7 +246,7 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Adapt an encoder to a label (``config.mode``: full, prompt or probe); test on the held-out subjects."""
+    """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
     if config.data.cv_folds > 1:
         return cross_validate(config, run_dir)
     if not model_applies(config.model.name, config.task.kind, config.mode):
@@ -264,8 +264,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     data = LabelledClips(config, run_dir)
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
-    if config.mode == "prompt":
-        print(prompt_tuning(encoder, head, config.prompt_tokens))
+    prepare_adaptation(config, encoder, head)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
     module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
     checkpoint = _resume_path(run_dir, resume)
@@ -285,6 +284,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
 
 
 def export_adapted(module: AdaptModule, task: dict, folder: Path, preprocessing: dict) -> None:
+    merge_lora(module.encoder)  # LoRA updates folded into their layers: the same function, a plain encoder
     save_pretrained(module.encoder, folder, preprocessing=preprocessing)
     save_file({k: v.contiguous() for k, v in module.head.state_dict().items()}, str(folder / "head.safetensors"))
     write_json_atomic(folder / "task.json", task)
