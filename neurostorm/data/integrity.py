@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from neurostorm.data.manifest import PARTS
-from neurostorm.data.store import OPEN_ERRORS, SHARD_FRAMES, Store, filesystem, find_temporaries, is_url
+from neurostorm.data.store import OPEN_ERRORS, SHARD_FRAMES, Store, filesystem, find_temporaries, is_url, run_names
 
 _RECORDED = ("source_sha256", "params", "n_frames", "storage")
 
@@ -86,10 +86,8 @@ def check_store(location: str, data: bool = False) -> StoreCheck:
     for row in store.manifest.to_dict("records"):
         result.problems += [f"{row['run_id']}: {problem}" for problem in _check_run(store, row, grid_shape, data)]
     fs, root = filesystem(location)
-    named = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/runs", detail=False)} \
-        if fs.exists(f"{root}/runs") else set()
-    rowless = sorted(n[:-5] for n in named if n.endswith(".zarr") and not n.startswith(".")
-                     and n[:-5] not in set(store.manifest["run_id"]))
+    listed = set(store.manifest["run_id"])
+    rowless = [run_id for run_id in run_names(location) if run_id not in listed]
     if rowless:
         result.notes.append(f"{len(rowless)} run(s) without a manifest row (a merge adopts complete ones): "
                             + ", ".join(rowless[:10]) + (" …" if len(rowless) > 10 else ""))

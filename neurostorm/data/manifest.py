@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from neurostorm.data.store import completed_record, filesystem, is_url, process_alive, put_bytes
+from neurostorm.data.store import completed_record, filesystem, is_url, process_alive, put_bytes, run_names
 
 PARTS = "manifest.d"
 LOCK = "manifest.lock"
@@ -150,14 +150,10 @@ class MergeResult:
 
 def _orphan_rows(location: str, table: pd.DataFrame) -> list[dict]:
     """Rows for complete runs without one, from their groups' records and their subjects' labels."""
-    fs, root = filesystem(location)
-    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/runs", detail=False)] \
-        if fs.exists(f"{root}/runs") else []
     known = set(table["run_id"])
     rows = []
-    for name in names:
-        run_id = name[: -len(".zarr")]
-        if name.startswith(".") or not name.endswith(".zarr") or run_id in known:
+    for run_id in run_names(location):
+        if run_id in known:
             continue
         record = completed_record(location, run_id)
         if record is None:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # drawn off-screen, no pyplot state or backend switch
 
 from neurostorm.data.grid import Grid, template_brain_mask
-from neurostorm.data.store import owned_temporary
+from neurostorm.data.store import replaced_atomically
 
 
 def save_figure(figure: Figure, path: Path) -> None:
     """Write ``figure`` as a PNG at ``path`` atomically (jobs sharing a folder never see half a file)."""
-    tmp = owned_temporary(Path(path))
-    figure.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    with replaced_atomically(Path(path)) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
 
 
 def plot_orientation_check(mean_frame: np.ndarray, grid: Grid, title: str, path: Path) -> None:

@@ -28,7 +28,13 @@ from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.grid import Grid
 from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.qc import plot_connectome
-from neurostorm.data.store import Store, owned_temporary, write_json_atomic, write_npz_atomic, write_parquet_atomic
+from neurostorm.data.store import (
+    Store,
+    replaced_atomically,
+    write_json_atomic,
+    write_npz_atomic,
+    write_parquet_atomic,
+)
 
 
 def roi_weights(atlas: Atlas, mask: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -78,10 +84,8 @@ def partial_fc(timeseries: np.ndarray) -> np.ndarray:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = owned_temporary(path)
-    with open(tmp, "wb") as handle:  # a file handle, so numpy does not append ".npy" to the temporary name
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no ".npy"
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def _run_rois(store_location: str, run_id: str, atlas: Atlas, partial: bool, out: Path

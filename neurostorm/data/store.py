@@ -4,7 +4,7 @@ Layout of a store ``STORE/``::
 
     store.json                  format, target grid, package version
     manifest.parquet            one row per run, folded from the parts (``neurostorm store merge``)
-    manifest.d/*.parquet        one part per written run, newer than manifest.parquet (see ``manifest.py``)
+    manifest.d/*.json           one row per run written since the last merge (see ``manifest.py``)
     runs/<run_id>.zarr/         zarr v3 group
         bold   (T, X, Y, Z)     int8 (× per-frame ``scale``) or float16, normalised values;
                                 chunks of 1 frame inside shards of 20 frames, zstd-compressed
@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -71,23 +72,31 @@ def owned_temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds and is
+    removed when it fails, so readers see the old file or the new one, never half of one."""
     tmp = owned_temporary(path)
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def write_parquet_atomic(path: Path, table: pd.DataFrame) -> None:
-    tmp = owned_temporary(path)
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = owned_temporary(path)
-    with open(tmp, "wb") as handle:  # a file handle, so numpy does not append ".npz" to the temporary name
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no ".npz"
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def put_bytes(location: str, relative: str, payload: bytes) -> None:
@@ -100,9 +109,17 @@ def put_bytes(location: str, relative: str, payload: bytes) -> None:
         return
     path = Path(location) / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = owned_temporary(path)
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def run_names(location: str) -> list[str]:
+    """The run ids that have a group under ``runs/`` (complete or not; temporaries excluded)."""
+    fs, root = filesystem(location)
+    if not fs.exists(f"{root}/runs"):
+        return []
+    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/runs", detail=False))
+    return sorted(n.removesuffix(".zarr") for n in names if n.endswith(".zarr") and not n.startswith("."))
 
 
 def read_store_info(location: str) -> dict | None:
