@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from neurostorm.errors import InputError
 
-_FROM_MODELS = ("build_model", "load_encoder", "load_official_checkpoint", "load_pretrained", "save_pretrained")
+_FROM_MODELS = ("build_model", "from_pretrained", "load_encoder", "load_official_checkpoint", "load_pretrained",
+                "save_pretrained")
 __all__ = ["InputError", "__version__", *_FROM_MODELS]
 
 

@@ -25,8 +25,10 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         shard = None if args.shard is None else parse_shard(args.shard)
     except ValueError as err:
         raise InputError("--shard", str(err)) from None
-    config = PreprocessConfig(tr=args.tr, input_tr=args.input_tr, grid=args.grid, normalization=args.normalization,
-                              storage=args.storage, min_frames=args.min_frames, non_mni=args.non_mni)
+    chosen = {"tr": args.tr, "grid": args.grid, "normalization": args.normalization, "storage": args.storage}
+    if args.like:
+        chosen.update(_preprocessing_of_model(args.like, chosen))
+    config = PreprocessConfig(**chosen, input_tr=args.input_tr, min_frames=args.min_frames, non_mni=args.non_mni)
     result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
                         labels_policy=args.labels_policy, progress=not args.quiet,
                         participants=args.participant_label, sessions=args.session_label, tasks=args.task_label,
@@ -39,6 +41,27 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     for failure in result.failures:
         print(f"neurostorm preprocess: {failure}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def _preprocessing_of_model(model: str, chosen: dict) -> dict:
+    """The grid, TR, normalisation and storage recorded with a model's weights; an option given on the
+    command line that contradicts them is refused."""
+    from neurostorm.data.preprocess import PreprocessConfig
+    from neurostorm.models.weights import expected_preprocessing
+
+    expected = expected_preprocessing(model)
+    params = {k: v for k, v in expected.get("params", {}).items() if k in chosen}
+    if "grid" in expected:
+        params["grid"] = expected["grid"]["name"]
+    if not params:
+        raise InputError(model, "records no preprocessing to follow (weights saved outside a training run)")
+    defaults = PreprocessConfig()
+    clash = [f"--{k} {chosen[k]} (the model's: {v})" for k, v in params.items()
+             if chosen[k] != getattr(defaults, k) and chosen[k] != v]
+    if clash:
+        raise InputError(model, "--like contradicted by " + ", ".join(clash))
+    print(f"preprocessing as {model}: " + ", ".join(f"{k} {v}" for k, v in sorted(params.items())))
+    return params
 
 
 def _cmd_roi(args: argparse.Namespace) -> int:
@@ -189,6 +212,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from neurostorm.tasks.explain import explain
+
+    run_config = Path(args.target) / "config.yaml"
+    source = args.config or (str(run_config) if run_config.exists() else None)
+    config = load_experiment(source, args.overrides, args.quiet) if source else None
+    summary = explain(args.target, args.out, config, subjects=args.subjects, clips=args.clips, steps=args.steps,
+                      atlas=args.atlas)
+    print(f"{args.out}: integrated gradients over {len(summary['subjects'])} subjects, {summary['clips']} clips "
+          f"({', '.join(summary['classes'])}); maps attribution_*.nii.gz, roi_attribution.csv, figures/")
+    for row in summary["top_rois"][:5]:
+        print(f"  {row['rank']:>2}. {row['name']:<24} mean |attribution| {row['mean_abs']:.3g}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from neurostorm.demo import run_demo
 
@@ -222,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--task-label", nargs="+", default=None, metavar="LABEL", help="only these tasks")
     pre.add_argument("--shard", default=None, metavar="I/N",
                      help="this job's share I of N (1 ≤ I ≤ N) of the selected runs, by a stable hash of the run id")
+    pre.add_argument("--like", default=None, metavar="MODEL",
+                     help="preprocess as the weights of MODEL (folder or Hub id) expect: its grid, TR, normalisation")
     pre.add_argument("--tr", type=_tr, default=0.8, help="target TR in seconds, or 'keep'")
     pre.add_argument("--input-tr", type=float, default=None, help="source TR in seconds when files lack it")
     pre.add_argument("--labels", default=None, metavar="CSV", help="labels per subject (else participants.tsv)")
@@ -298,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", required=True, metavar="DIR", help="comparison folder (created)")
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR", help="folder of a neurostorm finetune run")
+
+    expl = add("explain", "integrated-gradients brain maps of a fine-tuned model: NIfTI, ROI table, figures",
+               _cmd_explain)
+    expl.add_argument("target", metavar="RUN_OR_MODEL", help="a finetune run folder, or its model folder with --config")
+    expl.add_argument("--config", default=None, help="YAML file or preset naming data.stores (default: the run's)")
+    expl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.stores=[STORE]")
+    expl.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    expl.add_argument("--subjects", nargs="+", default=None, metavar="ID",
+                      help="subjects to explain (default: the run's test subjects, else every subject)")
+    expl.add_argument("--clips", type=int, default=4, help="clips per subject, spread over its runs")
+    expl.add_argument("--steps", type=int, default=32, help="integration steps of integrated gradients")
+    expl.add_argument("--atlas", default="power264", help="atlas of the ROI table (see neurostorm atlases)")
 
     demo = add("demo", "the whole method on a simulated cohort: simulate, preprocess, pretrain, adapt, report",
                _cmd_demo)

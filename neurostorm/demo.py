@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import write_json_atomic
 from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
 from neurostorm.train.config import load_config
+from neurostorm.train.run import pretrain
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,6 @@ STORES = {"rest": "*_task-rest_*_bold.nii.gz", "objects": "*_task-objects_*_bold
           "images": "*_task-images_*_bold.nii.gz"}
 
 
-def _cli(argv: list[str]) -> None:
-    from neurostorm.cli import main
-
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"neurostorm {' '.join(argv)} exited with {code}")
-
-
 def _stage(name: str, stages: dict[str, float], start: float) -> None:
     stages[name] = time.perf_counter() - start
     print(f"demo: {name} done in {stages[name]:.0f} s", flush=True)
@@ -83,16 +77,17 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     _stage("simulate", stages, start)
     start = time.perf_counter()
     for name, pattern in STORES.items():
-        runs = sorted(str(p) for p in bids.glob(f"sub-*/func/{pattern}"))
-        _cli(["preprocess", *runs, "--out", str(out / f"store-{name}"), "--grid", "mni152-fsl-4mm-48",
-              "--workers", "2", "--labels", str(bids / "participants.tsv"), "--quiet"])
+        runs = sorted(bids.glob(f"sub-*/func/{pattern}"))
+        result = preprocess(runs, out / f"store-{name}", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
+                            labels=bids / "participants.tsv", progress=False)
+        if result.failures:  # the simulator writes valid runs: a failure here is a defect, never bad input
+            raise RuntimeError(f"preprocessing the simulated {name} runs failed: {result.failures[0]}")
     _stage("preprocess", stages, start)
     common = [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]"]
     start = time.perf_counter()
-    pretrain = ["pretrain", "--config", "tiny", *common, "optim.lr=3e-3", f"optim.epochs={size.pretrain_epochs}",
-                f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.pretrain_clips}}}]",
-                "--out", str(out / "runs" / "pretrain")]
-    _cli(pretrain)
+    pretraining = [*common, "optim.lr=3e-3", f"optim.epochs={size.pretrain_epochs}",
+                   f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.pretrain_clips}}}]"]
+    pretrain(load_config("tiny", pretraining), out / "runs" / "pretrain")
     _stage("pretrain", stages, start)
     pretrained = out / "runs" / "pretrain" / "model"
     methods = [Method.parse(METHODS[label].format(pretrained=pretrained), label) for label in size.methods]
@@ -111,7 +106,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
                             "command": f"neurostorm compare --task {folder / 'task.yaml'} --out {folder}"}
         _stage(family, stages, start)
     pretrain_metrics = json.loads((out / "runs" / "pretrain" / "metrics.json").read_text())
-    return write_report(out, cohort, families, stages, pretrain_metrics, "neurostorm " + shlex.join(pretrain))
+    return write_report(out, cohort, families, stages, pretrain_metrics, "neurostorm " + shlex.join(
+        ["pretrain", "--config", "tiny", *pretraining, "--out", str(out / "runs" / "pretrain")]))
 
 
 def _interval(d: dict) -> str:

@@ -19,6 +19,7 @@ NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors in Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")  # an unreachable scheduler fails fast
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches the network: Hub ids resolve from a local cache
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,27 @@ def test_a_store_the_model_cannot_read_is_one_line_not_a_traceback(labelled_stor
     code = main(["finetune", "--config", "tiny", "model.name=neurostorm-huge", "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown model.name 'neurostorm-huge'" in err[0], err
+
+
+def test_preprocess_like_a_model_uses_the_preprocessing_saved_with_its_weights(cohort, tmp_path, capsys):
+    import json
+
+    from neurostorm import build_model, save_pretrained
+
+    recorded = {"grid": {"name": "mni152-fsl-4mm-48", "shape": [48, 48, 48]},
+                "params": {"tr": 1.6, "normalization": "minmax", "storage": "float16"}}
+    model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "model", preprocessing=recorded)
+    run = sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[0]
+    assert main(["preprocess", str(run), "--out", str(tmp_path / "store"), "--like", str(model), "--quiet"]) == 0
+    assert "preprocessing as" in capsys.readouterr().out
+    store_info = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert store_info["grid"]["name"] == "mni152-fsl-4mm-48"
+    from neurostorm.data.store import Store
+
+    params = json.loads(Store(tmp_path / "store").manifest["params"].iloc[0])
+    assert (params["tr"], params["normalization"], params["storage"]) == (1.6, "minmax", "float16")
+    # an option that contradicts the model is refused before anything is written
+    assert main(["preprocess", str(run), "--out", str(tmp_path / "other"), "--like", str(model),
+                 "--tr", "2.0", "--normalization", "minmax"]) == 2
+    assert "--like contradicted by --tr 2.0 (the model's: 1.6)" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

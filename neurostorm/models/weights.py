@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 from collections import OrderedDict
@@ -22,15 +21,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurostorm import __version__
+from neurostorm.data.store import replaced_atomically
 from neurostorm.errors import InputError
 from neurostorm.models.baselines.bnt import BNT, BNTConfig
 from neurostorm.models.baselines.braingnn import BrainGNN, BrainGNNConfig
 from neurostorm.models.baselines.brainnetcnn import BrainNetCNN, BrainNetCNNConfig
 from neurostorm.models.baselines.swift import SwiFT, SwiFTConfig
 from neurostorm.models.encoder import NeuroSTORM, NeuroSTORMConfig
+from neurostorm.models.hub import download_folder, is_hub_id, model_card, push_folder
+from neurostorm.models.reference import check_against, check_model_name, encoder_settings, is_pretraining_checkpoint
 from neurostorm.models.storm import STORM, STORMConfig
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, lambda d: STORMConfig(**d)),
                  "SwiFT": (SwiFT, SwiFTConfig.from_dict),
                  **{cls.__name__: (cls, lambda d, c=config: c(**d)) for cls, config in
@@ -46,20 +48,80 @@ _CHECKPOINT_GLOBALS = [argparse.Namespace] + [
 ]
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, preprocessing: dict | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each file replaced atomically)."""
+def save_pretrained(model: nn.Module, folder: str | Path, preprocessing: dict | None = None,
+                    training: dict | None = None, push_to_hub: bool = False, repo_id: str | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` into ``folder`` (each file
+    replaced atomically). ``preprocessing``: the grid and parameters the weights expect (a store's
+    :meth:`~neurostorm.data.store.Store.preprocessing`); ``training``: a summary of the training data.
+    ``push_to_hub=True`` then uploads the folder to the Hub repository ``repo_id``."""
+    if push_to_hub and not repo_id:
+        raise ValueError("push_to_hub needs repo_id='org/name'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"architecture": type(model).__name__, "config": model.config.to_dict(),
-              "preprocessing": preprocessing or {}, "neurostorm_version": __version__}
+              "preprocessing": preprocessing or {}, "training": training or {}, "neurostorm_version": __version__}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_FILE)
-    tmp = folder / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, folder / CONFIG_FILE)
+    with replaced_atomically(folder / WEIGHTS_FILE) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    with replaced_atomically(folder / CONFIG_FILE) as temporary:
+        temporary.write_text(json.dumps(config, indent=2))
+    with replaced_atomically(folder / CARD_FILE) as temporary:
+        temporary.write_text(model_card(config))
+    if push_to_hub:
+        push_folder(folder, repo_id)
     return folder
+
+
+def from_pretrained(name_or_path: str | Path, **overrides) -> nn.Module:
+    """A model by name: a pretrained folder (``config.json`` + ``model.safetensors``), a Hub id
+    ``org/repo[@revision]`` (through the Hub cache; works offline once cached), or a reference NeuroSTORM
+    Lightning ``.ckpt`` whose ``hyper_parameters`` define the model (an MAE checkpoint gives the STORM
+    pretraining model; ``.encoder`` is its encoder). ``overrides`` change settings that keep the function,
+    e.g. ``backend`` or ``checkpoint_blocks``; one that contradicts a checkpoint's settings is refused."""
+    path = Path(name_or_path)
+    if path.is_file() or (not path.is_dir() and path.suffix in (".ckpt", ".pt", ".pth")):
+        return _from_reference_checkpoint(path, **overrides)
+    return load_pretrained(pretrained_folder(name_or_path), **overrides)
+
+
+def pretrained_folder(name_or_path: str | Path) -> Path:
+    """The local folder of a pretrained folder path or Hub id."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if is_hub_id(str(name_or_path)):
+        return download_folder(str(name_or_path))
+    raise InputError(path, "no such pretrained folder or checkpoint, and not a Hub id (org/repo[@revision])")
+
+
+def expected_preprocessing(name_or_path: str | Path) -> dict:
+    """The preprocessing a pretrained folder or Hub id records: ``{"grid": {...}, "params": {...}}``."""
+    return read_pretrained_config(pretrained_folder(name_or_path)).get("preprocessing") or {}
+
+
+def _from_reference_checkpoint(path: Path, **overrides) -> nn.Module:
+    checkpoint = load_checkpoint(path)
+    hparams = hyper_parameters(checkpoint)
+    if not hparams:
+        raise InputError(path, "no hyper_parameters in the checkpoint to build its model from: build the model "
+                               "and call load_official_checkpoint(path, model)")
+    check_model_name(hparams, path)
+    try:
+        config = NeuroSTORMConfig(**{**encoder_settings(hparams, path), **overrides})
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"cannot build the checkpoint's model: {err}") from None
+    if is_pretraining_checkpoint(hparams):
+        mask = "window" if hparams.get("spatial_mask") == "window" else \
+            "tube" if hparams.get("time_mask") == "tube" else "random"
+        model: nn.Module = STORM(STORMConfig(encoder=config, mask_mode=mask,
+                                             mask_ratio=float(hparams.get("mask_ratio", 0.5))))
+    else:
+        model = NeuroSTORM(config)
+    report = _load_reference_state(checkpoint, path, model)
+    if report.missing:
+        raise InputError(path, f"a checkpoint of another architecture: {len(report.missing)} parameters of the "
+                               f"model it describes are absent, e.g. {report.missing[:3]}")
+    return model
 
 
 def read_pretrained_config(folder: str | Path) -> dict:
@@ -127,11 +189,22 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> object:
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a ``.ckpt``/``.pt`` file, read without executing any code from it."""
-    checkpoint = load_checkpoint(path)
+    return _state_dict(load_checkpoint(path), path)
+
+
+def _state_dict(checkpoint: object, path: str | Path) -> dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(path, "no state dict of tensors in the checkpoint")
     return state
+
+
+def hyper_parameters(checkpoint: object) -> dict:
+    """The reference's argparse settings saved in a Lightning checkpoint ({} when it has none)."""
+    found = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if isinstance(found, argparse.Namespace):
+        return vars(found)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 @dataclass
@@ -200,11 +273,21 @@ def load_official_checkpoint(path: str | Path, model: nn.Module) -> LoadReport:
 
     Tensors whose mapped name the model lacks are reported as unexpected (a task head, unused mask
     tokens); parameters the checkpoint lacks keep their values and are reported as missing. A tensor
-    whose shape differs is an error: it means the checkpoint was trained with other sizes.
+    whose shape differs is an error: it means the checkpoint was trained with other sizes. For the
+    encoders, the checkpoint's hyper-parameters are read too: a window size, image or patch size that
+    differs from the model's config is an error naming each (``neurostorm.from_pretrained`` builds the
+    model the checkpoint describes instead).
     """
+    return _load_reference_state(load_checkpoint(path), path, model)
+
+
+def _load_reference_state(checkpoint: object, path: str | Path, model: nn.Module) -> LoadReport:
+    if isinstance(model, (NeuroSTORM, STORM)):
+        check_against(hyper_parameters(checkpoint), model.encoder.config if isinstance(model, STORM) else model.config,
+                      path)
     own = model.state_dict()
     report, updates = LoadReport(), {}
-    for key, value in read_checkpoint(path).items():
+    for key, value in _state_dict(checkpoint, path).items():
         name, tensor = official_to_ours(key, value, model)
         if name not in own:
             report.unexpected.append(key)

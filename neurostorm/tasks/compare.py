@@ -26,7 +26,7 @@ from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.models import model_applies, model_input
 from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
-from neurostorm.train.config import MODES, ExperimentConfig, read_config_file, save_config
+from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
 
 METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)
     "classification": ("balanced_accuracy", "auroc", "accuracy", "f1_macro"),
@@ -43,27 +43,34 @@ class Method:
     model: str
     init: str = "scratch"
     mode: str = "full"
+    pooling: str = "mean"
 
     @classmethod
     def parse(cls, spec: str, label: str | None = None) -> Method:
-        """``MODEL[@INIT][:MODE]`` (MODE one of full, prompt, lora, probe)."""
-        head, _, mode = spec.rpartition(":") if spec.rsplit(":", 1)[-1] in MODES else (spec, "", "full")
+        """``MODEL[@INIT][:MODE[+POOLING]]`` (MODE one of full, prompt, lora, probe; POOLING of a probe one of
+        mean, mean_std, cov, attention)."""
+        last = spec.rsplit(":", 1)[-1]
+        mode, _, pooling = last.partition("+")
+        if mode not in MODES or (pooling and (mode != "probe" or pooling not in POOLINGS)):
+            mode, pooling, head = "full", "", spec
+        else:
+            head = spec.rpartition(":")[0]
         model, _, init = head.partition("@")
         model_input(model)  # refuses an unknown name
-        return cls(label or spec, model, init or "scratch", mode or "full")
+        return cls(label or spec, model, init or "scratch", mode, pooling or "mean")
 
     @property
     def spec(self) -> str:
-        """The ``MODEL[@INIT][:MODE]`` text that parses back to this method."""
+        """The ``MODEL[@INIT][:MODE[+POOLING]]`` text that parses back to this method."""
         return self.model + (f"@{self.init}" if self.init != "scratch" else "") + \
-            (f":{self.mode}" if self.mode != "full" else "")
+            (f":{self.mode}" if self.mode != "full" else "") + (f"+{self.pooling}" if self.pooling != "mean" else "")
 
     def applies_to(self, kind: str) -> bool:
         return model_applies(self.model, kind, self.mode)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
         model = dataclasses.replace(config.model, name=self.model, init=self.init)
-        return dataclasses.replace(config, model=model, mode=self.mode)
+        return dataclasses.replace(config, model=model, mode=self.mode, pooling=self.pooling)
 
 
 def run_folder_name(label: str) -> str:
@@ -96,7 +103,7 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
         row.update(seconds=time.perf_counter() - start, run=str(folder),
                    command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
                    trainable_parameters=metrics["task"].get("trainable_parameters"),
-                   test_subjects=metrics.get("n_subjects"), note="")
+                   test_subjects=metrics.get("n_subjects"), note=_skipped_note(metrics))
         for name in METRICS[kind]:
             value = metrics.get(name, UNDEFINED)  # e.g. AUROC without every class among the test subjects
             row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
@@ -107,6 +114,11 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     (out / "table.md").write_text(markdown_table(table, kind) + "\n")
     plot_comparison(table, kind, out / "comparison.png")
     return table
+
+
+def _skipped_note(metrics: dict) -> str:
+    skipped = metrics["task"].get("skipped_runs") or []
+    return f"{len(skipped)} runs shorter than one clip skipped" if skipped else ""
 
 
 def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, str]]) -> list[dict]:

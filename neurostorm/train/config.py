@@ -92,11 +92,13 @@ class TrainerConfig:
 
 
 MODES = ("full", "prompt", "lora", "probe")  # adaptation modes
+POOLINGS = ("mean", "mean_std", "cov", "attention")  # run-level features of probe and embed (train/pooling.py)
 
 
 @dataclass
 class ExperimentConfig:
     mode: str = "full"  # full | prompt | lora | probe (ignored by pretraining)
+    pooling: str = "mean"  # probe and embed: mean (per clip) | mean_std | cov | attention (per run)
     prompt_tokens: int = 50
     lora_rank: int = 8  # mode=lora: rank r of each update, scaled by lora_alpha / r
     lora_alpha: float = 16.0
@@ -110,6 +112,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         self.lora_targets = tuple(self.lora_targets)
         if self.task.kind not in TASK_KINDS:
             raise ValueError(f"task.kind must be one of {', '.join(TASK_KINDS)}, got {self.task.kind!r}")

@@ -213,7 +213,7 @@ class PretrainClips(L.LightningDataModule):
                           num_workers=self.config.data.num_workers)
 
 
-def _pool_factor(size: tuple[int, ...], img_size: tuple[int, ...]) -> int | None:
+def pool_factor(size: tuple[int, ...], img_size: tuple[int, ...]) -> int | None:
     """The integer k with size = k · img_size on every axis, or None."""
     factors = {s // m for s, m in zip(size, img_size, strict=True) if m and s % m == 0}
     k = factors.pop() if len(factors) == 1 else None
@@ -226,7 +226,7 @@ def check_stores_fit(paths: list[str], img_size: tuple[int, int, int], model: st
     for path in paths:
         store = Store(path)
         shape = tuple(store.info["grid"]["shape"])
-        if _pool_factor(shape, tuple(img_size)) is None:
+        if pool_factor(shape, tuple(img_size)) is None:
             raise InputError(store.location, f"its clips of {shape} voxels ({store.info['grid']['name']}) do not fit "
                                              f"{model}'s input of {tuple(img_size)}: preprocess with the --grid "
                                              "of that size, or use a model for this grid")
@@ -237,7 +237,7 @@ def fit_to_model(x: torch.Tensor, img_size: tuple[int, int, int]) -> torch.Tenso
     size = tuple(x.shape[2:5])
     if size == tuple(img_size):
         return x
-    k = _pool_factor(size, tuple(img_size))
+    k = pool_factor(size, tuple(img_size))
     if k is None:
         raise ValueError(f"clips of {size} voxels do not fit the model's {tuple(img_size)}; preprocess with the "
                          "matching --grid")

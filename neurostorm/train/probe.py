@@ -17,10 +17,13 @@ import numpy as np
 from neurostorm.data.store import write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models.baselines.fc_linear import upper_triangle
+from neurostorm.models.encoder import count_parameters
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import LabelledClips, fit_to_model, over_clips
+from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
+from neurostorm.train.trainer import initial_encoder
 
 SPLITS = ("train", "val", "test")
 
@@ -42,12 +45,57 @@ def cached_embeddings(encoder, data: LabelledClips, run_dir: Path) -> dict[str, 
     return out
 
 
+def _check_classes(y: np.ndarray, config: ExperimentConfig, data: LabelledClips) -> None:
+    if config.task.kind != "regression" and len(np.unique(y)) < 2:
+        raise InputError(data.store.location, f"the training subjects of this split hold one class of "
+                                              f"{config.task.label!r} only: nothing to fit")
+
+
+def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, np.ndarray, dict]:
+    """``pooling`` mean_std, cov or attention: one row per run from every clip of it (:mod:`pooling`), a
+    linear model (or the attention head) fitted on the train + val runs; (test rows, test outputs, task info)."""
+    encoder, kind = initial_encoder(config), config.task.kind
+    n_classes = 1 if kind == "regression" else len(data.classes)
+    series, targets = {}, {}
+    for split in SPLITS:
+        dataset = data.datasets[split]
+        series[split] = run_series(encoder, data.store, dataset.runs, config.data.sequence_length,
+                                   config.data.stride, config.data.batch_size)
+        label_of = dict(zip(dataset.runs["run_id"], dataset.targets(), strict=True))
+        targets[split] = np.array([label_of[r] for r in series[split].run_ids])
+    test = series["test"]
+    if config.pooling == "attention":
+        model, fitted = fit_attention(series["train"], targets["train"], series["val"], targets["val"], kind,
+                                      n_classes, seed=config.trainer.seed)
+        outputs, info = attention_outputs(model, fitted, test, kind), {"trainable_parameters": count_parameters(model)}
+    else:
+        fit = RunSeries()
+        fit.extend(series["train"])
+        fit.extend(series["val"])
+        pooling = RunPooling(config.pooling).fit(fit)  # cov: PCA of the training runs' frames only
+        y = np.concatenate([targets["train"], targets["val"]])
+        _check_classes(y, config, data)
+        search = fit_linear(pooling.transform(fit), y, np.array(fit.subjects), kind,
+                            balanced=config.task.class_weights)
+        outputs = linear_outputs(search, pooling.transform(test), kind, n_classes)
+        info = {"best_params": {k: float(v) for k, v in search.best_params_.items()},
+                "trainable_parameters": linear_parameters(search)}
+    skipped = [r for split in SPLITS for r in series[split].skipped]
+    rows = {"subject": np.array(test.subjects), "run_id": np.array(test.run_ids),
+            "start": np.zeros(len(test.run_ids), dtype=int), "y": targets["test"]}
+    return rows, outputs, {**info, "pooling": config.pooling, "skipped_runs": skipped}
+
+
 def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     """``mode=probe`` on an encoder, or the ``fc-linear`` model; writes the run folder, returns the metrics."""
-    from neurostorm.train.run import initial_encoder
-
     data = LabelledClips(config, run_dir)
     start = time.perf_counter()
+    if config.pooling != "mean":
+        if data.input == "fc" or config.task.kind not in ("classification", "regression"):
+            raise InputError("config", f"pooling={config.pooling} gives one row per run: it is for an encoder's "
+                                       "probe of subject labels (classification or regression)")
+        test, outputs, info = run_level_fit(config, data)
+        return _finish(config, data, run_dir, test, outputs, {"mode": "probe", **info}, start)
     if data.input == "fc":
         features = {split: over_clips(upper_triangle, data.loader(split)) for split in SPLITS}
         mode = "fc-linear"
@@ -56,17 +104,24 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     fit = {k: np.concatenate([features["train"][k], features["val"][k]]) for k in ("output", "subject", "y")}
     kind = config.task.kind
     n_classes = 1 if kind == "regression" else len(data.classes)
-    if kind != "regression" and len(np.unique(fit["y"])) < 2:
-        raise InputError(data.store.location, f"the training subjects of this split hold one class of "
-                                              f"{config.task.label!r} only: nothing to fit")
+    _check_classes(fit["y"], config, data)
     search = fit_linear(fit["output"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
     test = features["test"]
     outputs = linear_outputs(search, test["output"], kind, n_classes)
+    info = {"mode": mode, "best_params": {k: float(v) for k, v in search.best_params_.items()},
+            "trainable_parameters": linear_parameters(search)}
+    return _finish(config, data, run_dir, test, outputs, info, start)
+
+
+def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: dict, outputs: np.ndarray,
+            info: dict, start: float) -> dict:
+    """Predictions, metrics with CIs and figures of a probe's test rows; returns the metrics."""
+    kind = config.task.kind
+    n_classes = 1 if kind == "regression" else len(data.classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
     frame.to_csv(run_dir / "predictions.csv", index=False)
-    task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
-            "mode": mode, "best_params": {k: float(v) for k, v in search.best_params_.items()},
-            "train_seconds": time.perf_counter() - start, "trainable_parameters": linear_parameters(search)}
+    task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes, **info,
+            "train_seconds": time.perf_counter() - start}
     metrics = metrics_with_ci(kind, n_classes, frame)
     metrics["task"] = task
     write_json_atomic(run_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, clip_tensor
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store, write_json_atomic
+from neurostorm.data.store import Store, data_summary, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import EmbeddingHead
 from neurostorm.models.encoder import NeuroSTORM
@@ -41,6 +41,7 @@ from neurostorm.tasks.retrieval import image_retrieval, reidentification
 from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
 from neurostorm.train.modules import make_optimizer, prepare_adaptation
+from neurostorm.train.trainer import initial_encoder, make_trainer
 
 
 def read_stimuli(path: str | None) -> tuple[list[str], np.ndarray]:
@@ -125,10 +126,8 @@ class ContrastiveModule(L.LightningModule):
 
 
 def _fit(config: ExperimentConfig, run_dir: Path, module: ContrastiveModule, train: Dataset, val: Dataset) -> None:
-    from neurostorm.train.run import _trainer
-
     b, workers = config.data.batch_size, config.data.num_workers
-    trainer = _trainer(config, run_dir, monitor="val_loss", mode="min", steps_per_epoch=module.steps_per_epoch)
+    trainer = make_trainer(config, run_dir, monitor="val_loss", mode="min", steps_per_epoch=module.steps_per_epoch)
     trainer.fit(module, DataLoader(train, batch_size=b, shuffle=True, num_workers=workers, drop_last=len(train) > b),
                 DataLoader(val, batch_size=b, num_workers=workers), weights_only=True)
     best = trainer.checkpoint_callback.best_model_path
@@ -152,8 +151,6 @@ def _conditions_without_embedding(conditions: list[str], stimuli: str, names: li
 
 def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
     """Train (unless ``mode=probe``) and score a retrieval task; writes metrics.json and figures."""
-    from neurostorm.train.run import initial_encoder
-
     store = Store(config.data.stores[0].path)
     split = load_or_make_split(split_path(config, run_dir), subjects_table(store), config.data.split_fractions,
                                config.trainer.seed)
@@ -189,7 +186,8 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         _fit(config, run_dir, module, sets["train"], sets["val"])
         merge_lora(encoder)
-        save_pretrained(encoder, run_dir / "model", preprocessing=store.info)  # e.g. contrastive pretraining
+        save_pretrained(encoder, run_dir / "model", preprocessing=store.preprocessing(),  # e.g. contrastive
+                        training=data_summary([store]))
         embed = module
     loader = DataLoader(sets["test"], batch_size=data.batch_size, num_workers=data.num_workers)
     test = over_clips(embed, loader)

@@ -13,219 +13,59 @@ RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import logging
-import random
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
-from neurostorm.data.store import Store, write_json_atomic, write_npz_atomic
+from neurostorm.data.store import Store, data_summary, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.models import ClassificationHead, RegressionHead, build_model, model_applies
+from neurostorm.models import ClassificationHead, RegressionHead, model_applies
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
-from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
 from neurostorm.models.weights import (
-    load_encoder,
-    load_official_checkpoint,
     load_pretrained,
     save_pretrained,
 )
 from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
-from neurostorm.train.config import ExperimentConfig, load_config, save_config
-from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
+from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips
 from neurostorm.train.modules import AdaptModule, PretrainModule, prepare_adaptation
-
-
-class RandomState(Callback):
-    """Keeps the Python, NumPy and PyTorch random states in every checkpoint and restores them on resume, so
-    a resumed run draws the same crops, augmentations and masks as one that was never interrupted.
-
-    The training loader draws from its own generator (the data module's ``generator``), restored as soon as
-    the checkpoint is read, since Lightning may open the loader before training starts; the global states
-    are put back at the start of training, after Lightning's sanity-check validation, whose loader draws
-    from the global generator and would otherwise shift every later draw."""
-
-    def __init__(self) -> None:
-        self.pending: dict | None = None
-
-    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        version, keys, position = random.getstate()
-        _, numpy_keys, numpy_pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["random_state"] = {"python": [version, list(keys), position], "torch": torch.get_rng_state(),
-                                      "numpy": [numpy_keys.tolist(), int(numpy_pos), int(has_gauss), float(gauss)]}
-        loader = getattr(trainer.datamodule, "generator", None)
-        if loader is not None:
-            checkpoint["random_state"]["loader"] = loader.get_state()
-
-    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        self.pending = checkpoint.get("random_state")
-        loader = getattr(trainer.datamodule, "generator", None)
-        if self.pending is not None and loader is not None and "loader" in self.pending:
-            loader.set_state(self.pending["loader"])
-
-    def on_train_start(self, trainer, module) -> None:
-        if self.pending is None:
-            return
-        version, keys, position = self.pending["python"]
-        random.setstate((version, tuple(keys), position))
-        torch.set_rng_state(self.pending["torch"])
-        keys, pos, has_gauss, gauss = self.pending["numpy"]
-        np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        self.pending = None
-
-
-class SampleRecord(Callback):
-    """Writes the clips each process trained on (epoch, run_id, start) and, at the end, a checksum of its
-    weights: with DDP the files show that ranks saw disjoint data and ended with the same weights."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def _path(self, trainer) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder / f"rank{trainer.global_rank}.tsv"
-
-    def on_train_start(self, trainer, module) -> None:
-        self._path(trainer).write_text("epoch\trun_id\tstart\n")
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        with self._path(trainer).open("a") as f:
-            for run_id, start in zip(batch["run_id"], batch["start"], strict=True):
-                f.write(f"{trainer.current_epoch}\t{run_id}\t{int(start)}\n")
-
-    def on_train_end(self, trainer, module) -> None:
-        total = sum(float(p.detach().double().sum()) for p in module.parameters())
-        (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
-
-
-class ScanReport(Callback):
-    """Says which selective scan the model runs on which device, once training starts: on the console (with
-    progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard); refuses a
-    configured backend that cannot run on that device before any step."""
-
-    def on_fit_start(self, trainer, module) -> None:
-        layers = [m for m in module.modules() if isinstance(m, Mamba)]
-        if layers:
-            try:
-                scan = scan_backend(layers[0].backend, module.device)
-            except ValueError as err:  # a backend chosen in the configuration that cannot run here
-                raise InputError("model.overrides.backend", str(err)) from None
-            rank_zero_info(f"selective scan: backend {scan} ({SCAN_NAMES[scan]}) on {module.device}")
-            for logger in trainer.loggers:
-                logger.log_hyperparams({"selective_scan": scan, "device": str(module.device)})
-
-
-def _trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max",
-             resume_from: Path | None = None, steps_per_epoch: int | None = None) -> L.Trainer:
-    """A Lightning trainer with the run's logs, checkpoints and random-state callback; the logging interval
-    is at most one epoch's steps (so short runs log every epoch's steps without Lightning's warning)."""
-    t, o = config.trainer, config.optim
-    logging.getLogger("lightning.pytorch").setLevel(logging.INFO if t.progress else logging.WARNING)
-    resumed_after = completed_epoch(resume_from) if resume_from is not None else None
-    log_interval = max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps))
-    loggers = [RunCSVLogger(run_dir, resumed_after), TensorBoardLogger(run_dir, name="logs", version="")]
-    if t.wandb_project:
-        if importlib.util.find_spec("wandb") is None:
-            raise InputError("config", "trainer.wandb_project is set but the wandb package is not installed")
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                                 save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
-    callbacks = [checkpoint, RandomState(), ScanReport(), FlushLogs()]
-    callbacks += [SampleRecord(run_dir / "samples")] if t.record_samples else []
-    return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                     precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
-                     gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
-                     callbacks=callbacks, log_every_n_steps=log_interval,
-                     default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
-
-
-def _start(config: ExperimentConfig, run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    return run_dir
-
-
-def _resume_path(run_dir: Path, resume: bool) -> Path | None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise InputError(last, "nothing to resume: no last checkpoint in the run folder")
-    return last if resume else None
-
-
-def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None) -> NeuroSTORM:
-    """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt. A model that
-    reads connectivity is sized to the atlas of ``data``; one that reads clips must fit every store's grid."""
-    m = config.model
-    path = Path(m.init)
-    n_rois = data.datasets["train"].matrices.shape[1] if data is not None and data.input == "fc" else None
-    sized = {} if n_rois is None else {"n_rois": n_rois}
-    if m.init == "scratch":
-        encoder = _build(m.name, **{**sized, **m.overrides})
-    elif path.is_dir():
-        encoder = load_encoder(path, **m.overrides)
-        if n_rois is not None and getattr(encoder.config, "n_rois", n_rois) != n_rois:
-            raise InputError(path, f"weights for {encoder.config.n_rois} ROIs, but atlas {config.data.atlas} gives "
-                                   f"{n_rois}: use the atlas the weights were trained on")
-    elif path.suffix in (".ckpt", ".pt", ".pth"):
-        encoder = _build(m.name, **{**sized, **m.overrides})
-        report = load_official_checkpoint(path, encoder)
-        if not report.loaded:
-            raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
-        print(f"{path}: {report}")
-    else:
-        raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
-    if isinstance(encoder, NeuroSTORM):
-        check_stores_fit([s.path for s in config.data.stores], encoder.config.img_size, m.name)
-    return encoder
-
-
-def _build(name: str, **overrides):
-    """A registry model from the configuration; an unknown name or setting is the user's input error."""
-    try:
-        return build_model(name, **overrides)
-    except ValueError as err:
-        raise InputError("model", str(err)) from None
+from neurostorm.train.pooling import RunPooling, RunSeries, run_series
+from neurostorm.train.probe import linear_probe
+from neurostorm.train.retrieval import retrieval
+from neurostorm.train.trainer import build_named, initial_encoder, make_trainer, resume_path, start_run
 
 
 def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """STORM masked pretraining over every store in ``config.data.stores``; exports RUN_DIR/model."""
-    run_dir = _start(config, run_dir)
+    run_dir = start_run(config, run_dir)
     name = config.model.name if "-mae-" in config.model.name else config.model.name.replace("neurostorm-",
                                                                                               "neurostorm-mae-")
-    model = _build(name, **config.model.overrides)
+    model = build_named(name, **config.model.overrides)
     check_stores_fit([s.path for s in config.data.stores], model.config.encoder.img_size, name)
     data = PretrainClips(config, run_dir)
     model.start_at_intensity(data.mean_intensity(model.config.encoder.img_size))  # a resumed run loads its own
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
-    checkpoint = _resume_path(run_dir, resume)
-    trainer = _trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min",
+    checkpoint = resume_path(run_dir, resume)
+    trainer = make_trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min",
                        resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     summary = {key: float(value) for key, value in trainer.callback_metrics.items()}
     summary["seconds"] = time.perf_counter() - start
     if trainer.is_global_zero:
-        save_pretrained(model, run_dir / "model", preprocessing=data.train_set.datasets[0].store.info)
+        stores = [dataset.store for dataset in data.train_set.datasets]
+        save_pretrained(model, run_dir / "model", preprocessing=stores[0].preprocessing(),
+                        training=data_summary(stores))
         write_json_atomic(run_dir / "metrics.json", summary)
         plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "figures" / "loss_curves.png")
     return summary
@@ -249,26 +89,24 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
     if config.data.cv_folds > 1:
         return cross_validate(config, run_dir)
+    if config.pooling != "mean" and config.mode != "probe":
+        raise InputError("config", f"pooling={config.pooling} pools a frozen encoder's runs: use it with mode=probe")
     if not model_applies(config.model.name, config.task.kind, config.mode):
         raise InputError("config", f"{config.model.name} reads connectivity: it predicts classification or "
                                    "regression labels with mode=full")
     if config.task.kind in ("image_retrieval", "reidentification"):
-        from neurostorm.train.retrieval import retrieval
-
-        return retrieval(config, _start(config, run_dir))
+        return retrieval(config, start_run(config, run_dir))
     if config.mode == "probe" or config.model.name == "fc-linear":
-        from neurostorm.train.probe import linear_probe
-
-        return linear_probe(config, _start(config, run_dir))
-    run_dir = _start(config, run_dir)
+        return linear_probe(config, start_run(config, run_dir))
+    run_dir = start_run(config, run_dir)
     data = LabelledClips(config, run_dir)
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
     prepare_adaptation(config, encoder, head)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
     module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
-    checkpoint = _resume_path(run_dir, resume)
-    trainer = _trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
+    checkpoint = resume_path(run_dir, resume)
+    trainer = make_trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     seconds = time.perf_counter() - start
@@ -279,13 +117,14 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
             "target_mean": mean, "target_std": std, "mode": config.mode, "train_seconds": seconds,
             "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
     if trainer.is_global_zero:
-        export_adapted(module, task, run_dir / "model", preprocessing=data.store.info)
+        export_adapted(module, task, run_dir / "model", data.store)
     return report(run_dir, module, data, task)
 
 
-def export_adapted(module: AdaptModule, task: dict, folder: Path, preprocessing: dict) -> None:
+def export_adapted(module: AdaptModule, task: dict, folder: Path, store: Store) -> None:
     merge_lora(module.encoder)  # LoRA updates folded into their layers: the same function, a plain encoder
-    save_pretrained(module.encoder, folder, preprocessing=preprocessing)
+    save_pretrained(module.encoder, folder, preprocessing=store.preprocessing(),
+                    training={**data_summary([store]), "label": task["label"], "mode": task["mode"]})
     save_file({k: v.contiguous() for k, v in module.head.state_dict().items()}, str(folder / "head.safetensors"))
     write_json_atomic(folder / "task.json", task)
 
@@ -343,7 +182,7 @@ def _all_clips(config: ExperimentConfig, path: str) -> DataLoader:
 def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
     """Pooled embeddings of every clip of every store in ``config.data.stores`` with the configured encoder;
     writes OUT/embeddings.npz (clip-level: embedding, subject, run_id, start, store) and a per-subject mean."""
-    out_dir = _start(config, out_dir)
+    out_dir = start_run(config, out_dir)
     encoder = initial_encoder(config).eval()
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encoder.encode(fit_to_model(x, encoder.config.img_size))
@@ -354,9 +193,27 @@ def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
               **{k: np.concatenate([p[k] for p in parts]) for k in ("subject", "run_id", "start")},
               "store": np.concatenate([np.full(len(p["subject"]), p["source"]) for p in parts])}
     subjects, means, _ = per_subject(arrays["subject"], arrays["embedding"], arrays["subject"])
+    if config.pooling != "mean":
+        arrays.update(_run_embeddings(config, encoder))
     path = out_dir / "embeddings.npz"
     write_npz_atomic(path, {**arrays, "subject_ids": subjects, "subject_embedding": means.astype(np.float32)})
     return path
+
+
+def _run_embeddings(config: ExperimentConfig, encoder: NeuroSTORM) -> dict[str, np.ndarray]:
+    """One row per run of every store by ``config.pooling`` (cov's PCA fitted on all of them: no labels)."""
+    if config.pooling == "attention":
+        raise InputError("config", "pooling=attention is learned with a task head: use it with mode=probe")
+    series = RunSeries()
+    for source in config.data.stores:
+        store = Store(source.path)
+        series.extend(run_series(encoder, store, store.manifest, config.data.sequence_length, config.data.stride,
+                                 config.data.batch_size))
+    if not series.run_ids:
+        raise InputError("config", f"no run of the stores holds one clip of {config.data.sequence_length} frames")
+    pooling = RunPooling(config.pooling).fit(series)
+    return {"run_ids": np.array(series.run_ids), "run_subject": np.array(series.subjects),
+            "run_embedding": pooling.transform(series), "skipped_runs": np.array(series.skipped, dtype=str)}
 
 
 def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
@@ -368,7 +225,7 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
         raise InputError(folder, "model.init must be the model folder of a fine-tuned run (with task.json)")
     if not config.data.stores:
         raise InputError("config", "data.stores is empty: give the store to predict on")
-    out_dir = _start(config, out_dir)
+    out_dir = start_run(config, out_dir)
     module, task = load_adapted(folder, config.optim)
     check_stores_fit([config.data.stores[0].path], module.encoder.config.img_size, str(folder))
     frame = predict_clips(module, _all_clips(config, config.data.stores[0].path))
@@ -417,7 +274,7 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
     """Run every fold in RUN/fold-k and score the pooled test predictions (each subject tested once)."""
     if config.task.kind in ("image_retrieval", "reidentification"):
         raise InputError("config", "cross-validation covers classification, regression and task_state")
-    run_dir = _start(config, run_dir)
+    run_dir = start_run(config, run_dir)
     store = Store(config.data.stores[0].path)
     stratify = config.task.label if config.task.kind == "classification" else None
     subjects = store.manifest.astype({"subject": str})

@@ -1,0 +1,180 @@
+"""What every training run shares: the Lightning trainer with its loggers and callbacks, the run folder,
+resumption, and the encoder a run starts from (scratch, a pretrained folder or a reference checkpoint)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from neurostorm.errors import InputError
+from neurostorm.models import build_model
+from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
+from neurostorm.models.weights import load_encoder, load_official_checkpoint
+from neurostorm.train.config import ExperimentConfig, save_config
+from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
+from neurostorm.train.data import LabelledClips, check_stores_fit
+
+
+class RandomState(Callback):
+    """Keeps the Python, NumPy and PyTorch random states in every checkpoint and restores them on resume, so
+    a resumed run draws the same crops, augmentations and masks as one that was never interrupted.
+
+    The training loader draws from its own generator (the data module's ``generator``), restored as soon as
+    the checkpoint is read, since Lightning may open the loader before training starts; the global states
+    are put back at the start of training, after Lightning's sanity-check validation, whose loader draws
+    from the global generator and would otherwise shift every later draw."""
+
+    def __init__(self) -> None:
+        self.pending: dict | None = None
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        version, keys, position = random.getstate()
+        _, numpy_keys, numpy_pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["random_state"] = {"python": [version, list(keys), position], "torch": torch.get_rng_state(),
+                                      "numpy": [numpy_keys.tolist(), int(numpy_pos), int(has_gauss), float(gauss)]}
+        loader = getattr(trainer.datamodule, "generator", None)
+        if loader is not None:
+            checkpoint["random_state"]["loader"] = loader.get_state()
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        self.pending = checkpoint.get("random_state")
+        loader = getattr(trainer.datamodule, "generator", None)
+        if self.pending is not None and loader is not None and "loader" in self.pending:
+            loader.set_state(self.pending["loader"])
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.pending is None:
+            return
+        version, keys, position = self.pending["python"]
+        random.setstate((version, tuple(keys), position))
+        torch.set_rng_state(self.pending["torch"])
+        keys, pos, has_gauss, gauss = self.pending["numpy"]
+        np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        self.pending = None
+
+
+class SampleRecord(Callback):
+    """Writes the clips each process trained on (epoch, run_id, start) and, at the end, a checksum of its
+    weights: with DDP the files show that ranks saw disjoint data and ended with the same weights."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, trainer) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f"rank{trainer.global_rank}.tsv"
+
+    def on_train_start(self, trainer, module) -> None:
+        self._path(trainer).write_text("epoch\trun_id\tstart\n")
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        with self._path(trainer).open("a") as f:
+            for run_id, start in zip(batch["run_id"], batch["start"], strict=True):
+                f.write(f"{trainer.current_epoch}\t{run_id}\t{int(start)}\n")
+
+    def on_train_end(self, trainer, module) -> None:
+        total = sum(float(p.detach().double().sum()) for p in module.parameters())
+        (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
+
+
+class ScanReport(Callback):
+    """Says which selective scan the model runs on which device, once training starts: on the console (with
+    progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard); refuses a
+    configured backend that cannot run on that device before any step."""
+
+    def on_fit_start(self, trainer, module) -> None:
+        layers = [m for m in module.modules() if isinstance(m, Mamba)]
+        if layers:
+            try:
+                scan = scan_backend(layers[0].backend, module.device)
+            except ValueError as err:  # a backend chosen in the configuration that cannot run here
+                raise InputError("model.overrides.backend", str(err)) from None
+            rank_zero_info(f"selective scan: backend {scan} ({SCAN_NAMES[scan]}) on {module.device}")
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"selective_scan": scan, "device": str(module.device)})
+
+
+def make_trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, mode: str = "max",
+             resume_from: Path | None = None, steps_per_epoch: int | None = None) -> L.Trainer:
+    """A Lightning trainer with the run's logs, checkpoints and random-state callback; the logging interval
+    is at most one epoch's steps (so short runs log every epoch's steps without Lightning's warning)."""
+    t, o = config.trainer, config.optim
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO if t.progress else logging.WARNING)
+    resumed_after = completed_epoch(resume_from) if resume_from is not None else None
+    log_interval = max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps))
+    loggers = [RunCSVLogger(run_dir, resumed_after), TensorBoardLogger(run_dir, name="logs", version="")]
+    if t.wandb_project:
+        if importlib.util.find_spec("wandb") is None:
+            raise InputError("config", "trainer.wandb_project is set but the wandb package is not installed")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                                 save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
+    callbacks = [checkpoint, RandomState(), ScanReport(), FlushLogs()]
+    callbacks += [SampleRecord(run_dir / "samples")] if t.record_samples else []
+    return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                     precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
+                     gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
+                     callbacks=callbacks, log_every_n_steps=log_interval,
+                     default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+
+
+def start_run(config: ExperimentConfig, run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    return run_dir
+
+
+def resume_path(run_dir: Path, resume: bool) -> Path | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise InputError(last, "nothing to resume: no last checkpoint in the run folder")
+    return last if resume else None
+
+
+def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None) -> NeuroSTORM:
+    """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt. A model that
+    reads connectivity is sized to the atlas of ``data``; one that reads clips must fit every store's grid."""
+    m = config.model
+    path = Path(m.init)
+    n_rois = data.datasets["train"].matrices.shape[1] if data is not None and data.input == "fc" else None
+    sized = {} if n_rois is None else {"n_rois": n_rois}
+    if m.init == "scratch":
+        encoder = build_named(m.name, **{**sized, **m.overrides})
+    elif path.is_dir():
+        encoder = load_encoder(path, **m.overrides)
+        if n_rois is not None and getattr(encoder.config, "n_rois", n_rois) != n_rois:
+            raise InputError(path, f"weights for {encoder.config.n_rois} ROIs, but atlas {config.data.atlas} gives "
+                                   f"{n_rois}: use the atlas the weights were trained on")
+    elif path.suffix in (".ckpt", ".pt", ".pth"):
+        encoder = build_named(m.name, **{**sized, **m.overrides})
+        report = load_official_checkpoint(path, encoder)
+        if not report.loaded:
+            raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
+        print(f"{path}: {report}")
+    else:
+        raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
+    if isinstance(encoder, NeuroSTORM):
+        check_stores_fit([s.path for s in config.data.stores], encoder.config.img_size, m.name)
+    return encoder
+
+
+def build_named(name: str, **overrides):
+    """A registry model from the configuration; an unknown name or setting is the user's input error."""
+    try:
+        return build_model(name, **overrides)
+    except ValueError as err:
+        raise InputError("model", str(err)) from None
