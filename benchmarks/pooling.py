@@ -43,11 +43,7 @@ POOLINGS = ("mean", "mean_std", "cov", "attention")
 
 
 def _subset(series: RunSeries, keep: set[str]) -> RunSeries:
-    out = RunSeries()
-    for i, subject in enumerate(series.subjects):
-        if subject in keep:
-            out.add(*(getattr(series, f)[i] for f in ("run_ids", "subjects", "frames", "frame_means", "clips")))
-    return out
+    return series.select(i for i, subject in enumerate(series.subjects) if subject in keep)
 
 
 def _targets(manifest: pd.DataFrame, label: str, kind: str, run_ids: list[str]) -> tuple[np.ndarray, int]:

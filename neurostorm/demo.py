@@ -2,9 +2,10 @@
 
 simulate → preprocess (4 mm grid; one store each for resting, task and image runs) → STORM
 pretraining of the tiny model on the resting runs → for every task family, one ``compare`` table:
-training from scratch, full fine-tuning, prompt tuning and a linear probe of the pretrained encoder, and
-the FC + linear baseline → ``report.md`` (a table per family with 95 % CIs, paired differences, figures,
-trained parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
+training from scratch, full fine-tuning, prompt tuning and a linear probe of the pretrained encoder (per
+clip, and with attention pooling over each run's clips for subject labels), and the FC + linear
+baseline → ``report.md`` (a table per family with 95 % CIs, paired differences, figures, trained
+parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
 CLI run whose folder stays under OUT for inspection.
 """
 
@@ -39,8 +40,11 @@ class DemoSize:
 
 METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{pretrained}",
            "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
+           # the run-level pooling with the best validation score in benchmarks/pooling.py (subject labels only)
+           "probe + attention pooling": "neurostorm-tiny@{pretrained}:probe+attention",
            "FC + linear": "fc-linear"}
-PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear")]
+PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear"),
+         ("probe + attention pooling", "FC + linear")]
 SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear")),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,

@@ -75,13 +75,8 @@ def test_attention_pooling_learns_which_clip_carries_the_label():
         c[k, 0] = 3.0 * (1 if i % 2 else -1)
         clips.append(c)
         y.append(i % 2)
-    series = series_of([c for c in clips], clips)
-    half = RunSeries()
-    for i in range(40):
-        half.add(*(getattr(series, f)[i] for f in ("run_ids", "subjects", "frames", "frame_means", "clips")))
-    val = RunSeries()
-    for i in range(40, 60):
-        val.add(*(getattr(series, f)[i] for f in ("run_ids", "subjects", "frames", "frame_means", "clips")))
+    series = series_of(clips, clips)
+    half, val = series.select(range(40)), series.select(range(40, 60))
     model, fitted = fit_attention(half, np.array(y[:40]), val, np.array(y[40:]), "classification", 2)
     centre, spread = fitted["scaler"]
     with torch.no_grad():

@@ -66,7 +66,9 @@ class Method:
             (f":{self.mode}" if self.mode != "full" else "") + (f"+{self.pooling}" if self.pooling != "mean" else "")
 
     def applies_to(self, kind: str) -> bool:
-        return model_applies(self.model, kind, self.mode)
+        run_level = self.pooling != "mean"  # one row per run: subject labels only
+        return model_applies(self.model, kind, self.mode) and (not run_level or kind in ("classification",
+                                                                                          "regression"))
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
         model = dataclasses.replace(config.model, name=self.model, init=self.init)

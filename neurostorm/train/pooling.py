@@ -57,6 +57,13 @@ class RunSeries:
                                (run_id, subject, frames, frame_means, clips), strict=True):
             getattr(self, name).append(value)
 
+    def select(self, rows: Iterable[int]) -> RunSeries:
+        """The runs at positions ``rows``, in that order."""
+        chosen = RunSeries()
+        for i in rows:
+            chosen.add(self.run_ids[i], self.subjects[i], self.frames[i], self.frame_means[i], self.clips[i])
+        return chosen
+
     def extend(self, other: RunSeries) -> None:
         for name in ("run_ids", "subjects", "frames", "frame_means", "clips", "skipped"):
             getattr(self, name).extend(getattr(other, name))
@@ -156,10 +163,10 @@ def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: 
     lowest validation loss. Regression targets are standardised on the training runs."""
     torch.manual_seed(seed)
     outputs = 1 if kind == "regression" or n_classes == 2 else n_classes
-    clips = [torch.from_numpy(c) for c in train.clips]
     mean, std = (float(y_train.mean()), float(y_train.std() or 1.0)) if kind == "regression" else (0.0, 1.0)
-    scaler = torch.from_numpy(np.concatenate(train.clips)).mean(0), torch.from_numpy(np.concatenate(train.clips)).std(0)
-    model = AttentionPooling(clips[0].shape[1], outputs)
+    every_clip = torch.from_numpy(np.concatenate(train.clips))  # (clips of all training runs, C)
+    scaler = every_clip.mean(0), every_clip.std(0)  # features standardised on the training clips
+    model = AttentionPooling(every_clip.shape[1], outputs)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
 
     def loss_of(series: RunSeries, y: np.ndarray) -> torch.Tensor:
