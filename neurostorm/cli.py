@@ -154,6 +154,8 @@ def _print_metrics(metrics: dict) -> None:
             print(f"  {name:18s} {value['value']:.3f}  95% CI [{value['ci_low']:.3f}, {value['ci_high']:.3f}]")
     if "chance" in metrics:
         print("  chance: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["chance"].items()))
+    if metrics.get("note"):
+        print(f"  note: {metrics['note']}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -181,6 +183,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     config = load_experiment(args.task, args.overrides, args.quiet)
     methods = parse_methods(args.models) if args.models else saved_methods(args.task)
+    if args.train_subjects:
+        from neurostorm.tasks.curves import label_efficiency, parse_sizes
+
+        curve = label_efficiency(config, methods, args.out, parse_sizes(args.train_subjects), args.repeats,
+                                 progress=not args.quiet)
+        metric = next(c for c in curve.columns if c not in ("train_subjects", "repeat", "method", "note"))
+        summary = curve.dropna(subset=["method"]).groupby(["train_subjects", "method"], sort=False)[metric].mean()
+        print(f"{args.out}/curve.png, curve.csv ({config.task.kind}, {metric}, mean over repeats):")
+        print(summary.unstack("method").round(3).to_string())
+        for note in curve.loc[curve["method"].isna(), "note"]:
+            print(f"  {note}")
+        return 0
     table = compare(config, methods, args.out, progress=not args.quiet)
     print(f"{args.out}/table.md ({config.task.kind}):")
     print(markdown_table(table, config.task.kind))
@@ -331,11 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp = add("compare", "several models on one task, one split: OUT/table.md, table.csv, comparison.png",
                _cmd_compare)
     comp.add_argument("--task", required=True, metavar="CONFIG", help="experiment YAML (task and data) or a preset")
-    comp.add_argument("--models", default=None, help="comma-separated MODEL[@INIT][:MODE], e.g. "
+    comp.add_argument("--models", default=None, help="comma-separated MODEL[@INIT][:MODE[+POOLING]], e.g. "
                       "neurostorm-tiny@runs/pre/model,neurostorm-tiny,swift-tiny,bnt-tiny,fc-linear; default: "
                       "the methods of a task.yaml written by compare")
     comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.epochs=5 task.label=sex")
     comp.add_argument("--out", required=True, metavar="DIR", help="comparison folder (created)")
+    comp.add_argument("--train-subjects", default=None, metavar="LIST",
+                      help="label-efficiency curve: training sizes as counts or fractions, e.g. 4,8,16,all")
+    comp.add_argument("--repeats", type=int, default=1, help="seeded subsamples of the training subjects per size")
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR", help="folder of a neurostorm finetune run")
 

@@ -61,3 +61,29 @@ def test_paired_difference_refuses_different_test_subjects():
     b["subject"] = b["subject"].str.replace("03", "99")
     with pytest.raises(ValueError, match="same test subjects"):
         paired_difference("classification", 2, predictions(np.ones(4), y), b, "accuracy")
+
+
+def test_scores_that_rank_well_but_fall_on_one_side_of_the_threshold_are_flagged():
+    """The quick demo's FC + linear case: AUROC 1.0 beside balanced accuracy 0.5. A model that predicts the
+    training prior (7 of 13 subjects in class 0) gives every test subject a negative logit; tiny differences
+    still rank the subjects perfectly. The metrics say so instead of leaving the reader to guess."""
+    y = np.array([0, 1, 1])
+    logits = np.array([-0.2031, -0.2027, -0.2025])  # log(6/7) ± what a C = 1e-4 model adds
+    metrics = metrics_with_ci("classification", 2, predictions(logits, y), n_boot=50)
+    assert metrics["auroc"]["value"] == 1.0 and metrics["balanced_accuracy"]["value"] == 0.5
+    assert "every test subject is decided as class 0" in metrics["note"]
+    assert "note" not in metrics_with_ci("classification", 2, predictions(np.array([-1.0, 1.0, 2.0]), y), n_boot=50)
+
+
+def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the_table():
+    from neurostorm.tasks.compare import METRICS, markdown_table
+
+    figures = {f"{m}{suffix}": 0.5 for m in METRICS["classification"] for suffix in ("", "_ci_low", "_ci_high",
+                                                                                   "_chance")}
+    table = pd.DataFrame([{"method": "FC + linear", **figures, "test_subjects": 12, "trainable_parameters": 10,
+                           "seconds": 3.0, "note": "every test subject is decided as class 0"},
+                          {"method": "bnt", "note": "not applicable to task_state / mode full"}])
+    text = markdown_table(table, "classification")
+    assert "| FC + linear | 0.500 [0.500, 0.500]" in text
+    assert "- FC + linear: every test subject is decided as class 0" in text
+    assert "| bnt | — |" in text and "not applicable" in text

@@ -105,7 +105,7 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
         row.update(seconds=time.perf_counter() - start, run=str(folder),
                    command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
                    trainable_parameters=metrics["task"].get("trainable_parameters"),
-                   test_subjects=metrics.get("n_subjects"), note=_skipped_note(metrics))
+                   test_subjects=metrics.get("n_subjects"), note=_run_note(metrics))
         for name in METRICS[kind]:
             value = metrics.get(name, UNDEFINED)  # e.g. AUROC without every class among the test subjects
             row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
@@ -118,9 +118,11 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     return table
 
 
-def _skipped_note(metrics: dict) -> str:
+def _run_note(metrics: dict) -> str:
+    """What a reader of the table must know about a run: runs it skipped, decisions of one class only."""
     skipped = metrics["task"].get("skipped_runs") or []
-    return f"{len(skipped)} runs shorter than one clip skipped" if skipped else ""
+    notes = [f"{len(skipped)} runs shorter than one clip skipped"] if skipped else []
+    return "; ".join(notes + ([metrics["note"]] if metrics.get("note") else []))
 
 
 def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, str]]) -> list[dict]:
@@ -146,16 +148,20 @@ def markdown_table(table: pd.DataFrame, kind: str) -> str:
     metrics = METRICS[kind]
     lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + f" | chance ({metrics[0]}) | "
              "test subjects | trained parameters | seconds |", "|---" * (len(metrics) + 5) + "|"]
+    notes = []
     for row in table.to_dict("records"):
-        if row.get("note"):
+        if pd.isna(row.get("seconds", np.nan)):  # the method did not run: its note says why
             lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | | {row['note']} |")
             continue
+        if row.get("note"):
+            notes.append(f"- {row['method']}: {row['note']}")
         cells = ["—" if pd.isna(row[m]) else f"{row[m]:.3f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]"
                  for m in metrics]
         chance = row[f"{metrics[0]}_chance"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {'' if pd.isna(chance) else f'{chance:.3f}'}"
                      f" | {_count(row.get('test_subjects'))} | {int(row['trainable_parameters'] or 0):,} | "
                      f"{row['seconds']:.0f} |")
+    lines += ["", *notes] if notes else []
     tested = [int(n) for n in table.get("test_subjects", pd.Series(dtype=float)).dropna()]
     if tested and min(tested) < FEW_TEST_SUBJECTS:
         lines += ["", f"**Warning: {min(tested)} test subjects.** 95 % CIs over fewer than {FEW_TEST_SUBJECTS} "

@@ -82,6 +82,12 @@ def metrics_with_ci(kind: str, n_classes: int, frame: pd.DataFrame, n_boot: int 
     result["n_clips"] = int(len(frame))
     if kind != "regression":
         result["chance"] = chance_level(units.y, n_classes)
+        decided = probabilities(units.outputs).argmax(1)
+        if len(np.unique(units.y)) > 1 and len(np.unique(decided)) == 1:
+            result["note"] = (f"every test {'clip' if kind == 'task_state' else 'subject'} is decided as class "
+                              f"{int(decided[0])}: balanced accuracy is at chance by construction while AUROC only "
+                              "ranks the scores; the decision threshold lies outside their range (e.g. a strongly "
+                              "regularised model that predicts the training prior)")
     return result
 
 
