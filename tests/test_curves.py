@@ -56,3 +56,11 @@ def test_curves_refuse_task_state(task_store, tmp_path, capsys):
     assert main(["compare", "--task", "tiny", "--models", "neurostorm-tiny:probe", f"data.stores=[{task_store}]",
                  "task.kind=task_state", "--train-subjects", "2", "--out", str(tmp_path / "x")]) == 2
     assert "label-efficiency curves subsample labelled subjects" in capsys.readouterr().err
+
+
+def test_a_curve_with_no_size_that_can_run_is_refused(labelled_store, tmp_path, capsys):
+    assert main(["compare", "--task", "tiny", "--models", "fc-linear", f"data.stores=[{labelled_store}]",
+                 "task.label=sex", "--train-subjects", "1,900", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no size can run: 1 subjects cannot hold all 2 classes; 900 training subjects asked" in err
+    assert not (tmp_path / "x" / "curve").exists()

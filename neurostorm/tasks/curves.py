@@ -84,13 +84,18 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
     n_classes = labels[split["train"]].nunique() if labels is not None else 1
     shared = dataclasses.replace(config.data, roi_dir=config.data.roi_dir or str(out / "roi"))
     metric, rows, differences = METRICS[kind][0], [], []
+    plan = []  # (size as asked, subjects, why it cannot run or "")
     for size in sizes:
         n = len(split["train"]) if size is None else int(round(size * len(split["train"]))) \
             if isinstance(size, float) else size
         why = (f"{n} training subjects asked, the split has {len(split['train'])}" if n > len(split["train"]) else
                f"{n} subjects cannot hold all {n_classes} classes" if n < n_classes else "")
+        plan.append(("all" if size is None else size, n, why))
+    if all(why for _, _, why in plan):
+        raise InputError("--train-subjects", "no size can run: " + "; ".join(why for _, _, why in plan))
+    for asked, n, why in plan:
         if why:
-            warnings.warn(f"--train-subjects {size if size is not None else 'all'}: skipped: {why}", stacklevel=2)
+            warnings.warn(f"--train-subjects {asked}: skipped: {why}", stacklevel=2)
             rows.append({"train_subjects": n, "repeat": None, "method": None, "note": f"skipped: {why}"})
             continue
         for repeat in range(repeats if n < len(split["train"]) else 1):  # all subjects: one draw is every draw
