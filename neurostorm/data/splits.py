@@ -53,6 +53,26 @@ def make_split(subjects: pd.DataFrame, fractions: tuple[float, float, float] = (
     return {name: sorted(map(str, part)) for name, part in zip(SPLITS, (train, val, test), strict=True)}
 
 
+def site_split(subjects: pd.DataFrame, test_sites: list[str], val_fraction: float, seed: int
+               ) -> dict[str, list[str]]:
+    """Leave-site-out: the subjects of ``test_sites`` are the test set; validation is a ``val_fraction``
+    share of the other sites' subjects, drawn with ``seed``, training the rest. ``subjects`` needs a
+    ``site`` column; a site it does not hold is an error naming the sites it has."""
+    if "site" not in subjects.columns:
+        raise InputError("data.test_sites", "the store's labels have no 'site' column (participants.tsv)")
+    table = subjects.drop_duplicates("subject").astype({"subject": str, "site": str})
+    known = sorted(table["site"].unique())
+    unknown = sorted(set(map(str, test_sites)) - set(known))
+    if unknown:
+        raise InputError("data.test_sites", f"no site {', '.join(unknown)} in the data; its sites: {', '.join(known)}")
+    held = table["site"].isin(set(map(str, test_sites)))
+    rest = table.loc[~held, "subject"].to_numpy()
+    if len(rest) < 2:
+        raise InputError("data.test_sites", f"leaves {len(rest)} subject(s) outside the test sites to train on")
+    val = set(np.random.default_rng(seed).choice(rest, max(1, int(round(val_fraction * len(rest)))), replace=False))
+    return {"train": sorted(set(rest) - val), "val": sorted(val), "test": sorted(table.loc[held, "subject"])}
+
+
 MIN_TEST_SUBJECTS = 2  # fewer leaves no metric with a confidence interval
 FEW_TEST_SUBJECTS = 10  # fewer gives CIs too wide to compare methods by
 

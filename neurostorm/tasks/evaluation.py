@@ -91,6 +91,12 @@ def metrics_with_ci(kind: str, n_classes: int, frame: pd.DataFrame, n_boot: int 
     return result
 
 
+def per_site(kind: str, n_classes: int, frame: pd.DataFrame, site_of: dict[str, str]) -> dict[str, dict]:
+    """:func:`metrics_with_ci` of the test subjects of each site (``site_of``: subject → site)."""
+    sites = frame["subject"].astype(str).map(site_of).fillna("unknown")
+    return {str(site): metrics_with_ci(kind, n_classes, part) for site, part in frame.groupby(sites)}
+
+
 def paired_difference(kind: str, n_classes: int, frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str,
                       n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """``metric`` of A minus that of B on the same test subjects, {value, ci_low, ci_high}: each bootstrap

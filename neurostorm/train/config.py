@@ -42,8 +42,15 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     val_subjects_for_pretraining: float = 0.1  # share of subjects held out to measure reconstruction
     cv_folds: int = 0  # k > 1: k-fold cross-validation by subject (stratified; sites kept whole if a 'site' column)
+    test_sites: list[str] = field(default_factory=list)  # leave-site-out: these sites' subjects are the test set
+    cv_by_site: bool = False  # cross-validation with one fold per site of the 'site' column, scored per site
     atlas: str = "power264"  # connectome models: ROIs whose time series give the FC matrices
     roi_dir: str | None = None  # connectome models: ROI folder (reused, else extracted; default RUN_DIR/roi)
+
+    @property
+    def val_share(self) -> float:
+        """Validation share of the subjects outside the test set (leave-site-out and cross-validation)."""
+        return self.split_fractions[1] / max(1e-9, 1 - self.split_fractions[2])
 
 
 @dataclass

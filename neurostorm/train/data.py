@@ -20,8 +20,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset
 from neurostorm.data.roi import rois_of_store
-from neurostorm.data.splits import load_or_make_split, make_split
-from neurostorm.data.store import Store
+from neurostorm.data.splits import load_or_make_split, make_split, site_split
+from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig
@@ -29,6 +29,14 @@ from neurostorm.train.config import ExperimentConfig
 
 def subjects_table(store: Store) -> pd.DataFrame:
     return store.manifest.drop_duplicates("subject").astype({"subject": str})
+
+
+def sites_of(store: Store) -> dict[str, str]:
+    """Subject → site from the store's labels ({} without a 'site' column)."""
+    if "site" not in store.manifest.columns:
+        return {}
+    table = subjects_table(store)
+    return dict(zip(table["subject"], table["site"].astype(str), strict=True))
 
 
 def split_path(config: ExperimentConfig, run_dir: Path) -> Path:
@@ -77,6 +85,10 @@ class LabelledClips(L.LightningDataModule):
                                                   f"columns: {sorted(self.store.manifest.columns)}")
         labelled = subjects_table(self.store).dropna(subset=[config.task.label])
         stratify = config.task.label if config.task.kind == "classification" else None
+        if config.data.test_sites and not split_file.exists():  # leave-site-out: the split is fixed by site
+            split_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(split_file, {**site_split(labelled, config.data.test_sites, config.data.val_share,
+                                                        config.trainer.seed), "test_sites": config.data.test_sites})
         self.split = load_or_make_split(split_file, labelled, config.data.split_fractions, config.trainer.seed,
                                         stratify=stratify)
         data, label, kind = config.data, config.task.label, config.task.kind

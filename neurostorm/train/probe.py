@@ -19,9 +19,9 @@ from neurostorm.errors import InputError
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.encoder import count_parameters
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
-from neurostorm.tasks.evaluation import metrics_with_ci, plot_run_figures, predictions_frame
+from neurostorm.tasks.evaluation import metrics_with_ci, per_site, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
-from neurostorm.train.data import LabelledClips, fit_to_model, over_clips
+from neurostorm.train.data import LabelledClips, fit_to_model, over_clips, sites_of
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
 from neurostorm.train.trainer import initial_encoder
 
@@ -124,6 +124,8 @@ def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: 
             "train_seconds": time.perf_counter() - start}
     metrics = metrics_with_ci(kind, n_classes, frame)
     metrics["task"] = task
+    if config.data.test_sites:
+        metrics["per_site"] = per_site(kind, n_classes, frame, sites_of(data.store))
     write_json_atomic(run_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     plot_run_figures(kind, n_classes, frame, data.classes, None, run_dir / "figures")
     return metrics

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
+from neurostorm.data.splits import site_split
 from neurostorm.data.store import Store, data_summary, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import ClassificationHead, RegressionHead, model_applies
@@ -33,10 +34,10 @@ from neurostorm.models.weights import (
     load_pretrained,
     save_pretrained,
 )
-from neurostorm.tasks.evaluation import metrics_with_ci, plot_loss_curves, plot_run_figures, predictions_frame
+from neurostorm.tasks.evaluation import metrics_with_ci, per_site, plot_loss_curves, plot_run_figures, predictions_frame
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config
-from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips
+from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips, sites_of
 from neurostorm.train.modules import AdaptModule, PretrainModule, prepare_adaptation
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
 from neurostorm.train.probe import linear_probe
@@ -87,7 +88,7 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
-    if config.data.cv_folds > 1:
+    if config.data.cv_folds > 1 or config.data.cv_by_site:
         return cross_validate(config, run_dir)
     if config.pooling != "mean" and config.mode != "probe":
         raise InputError("config", f"pooling={config.pooling} pools a frozen encoder's runs: use it with mode=probe")
@@ -154,6 +155,8 @@ def report(run_dir: Path, module: AdaptModule, data: LabelledClips, task: dict) 
     frame.to_csv(run_dir / "predictions.csv", index=False)
     metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
     metrics["task"] = task
+    if data.config.data.test_sites:
+        metrics["per_site"] = per_site(task["kind"], task["n_classes"], frame, sites_of(data.store))
     write_json_atomic(run_dir / "metrics.json", metrics)
     plot_run_figures(task["kind"], task["n_classes"], frame, task["classes"], run_dir / "logs" / "metrics.csv",
                      run_dir / "figures")
@@ -280,14 +283,20 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
     subjects = store.manifest.astype({"subject": str})
     if stratify:
         subjects = subjects.dropna(subset=[stratify])
-    val_fraction = config.data.split_fractions[1] / max(1e-9, 1 - config.data.split_fractions[2])
-    frames, folds = [], cv_splits(subjects, config.data.cv_folds, val_fraction, config.trainer.seed, stratify)
+    if config.data.cv_by_site:  # one fold per site: train on the others, test on it
+        if "site" not in subjects.columns:
+            raise InputError(store.location, "data.cv_by_site needs a 'site' column in the labels")
+        folds = [site_split(subjects, [site], config.data.val_share, config.trainer.seed)
+                 for site in sorted(subjects["site"].astype(str).unique())]
+    else:
+        folds = cv_splits(subjects, config.data.cv_folds, config.data.val_share, config.trainer.seed, stratify)
+    frames = []
     for k, split in enumerate(folds):
         fold_dir = run_dir / f"fold-{k}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fold_dir / "split.json", split)
-        fold = dataclasses.replace(config, data=dataclasses.replace(config.data, cv_folds=0,
-                                                                    split_file=str(fold_dir / "split.json")))
+        fold = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, cv_folds=0, cv_by_site=False, test_sites=[], split_file=str(fold_dir / "split.json")))
         metrics = finetune(fold, fold_dir)
         frames.append(pd.read_csv(fold_dir / "predictions.csv", dtype={"subject": str}).assign(fold=k))
     task = {**metrics["task"], "folds": len(folds)}
@@ -295,6 +304,8 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
     pooled.to_csv(run_dir / "predictions.csv", index=False)
     result = metrics_with_ci(task["kind"], task["n_classes"], pooled)
     result["task"] = task
+    if "site" in subjects.columns:
+        result["per_site"] = per_site(task["kind"], task["n_classes"], pooled, sites_of(store))
     write_json_atomic(run_dir / "metrics.json", result)
     plot_run_figures(task["kind"], task["n_classes"], pooled, task["classes"], None, run_dir / "figures")
     return result
