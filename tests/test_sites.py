@@ -50,3 +50,9 @@ def test_a_site_that_does_not_exist_is_refused(realistic_store, tmp_path, capsys
                  "data.test_sites=[mars]", "--out", str(tmp_path / "x")]) == 2
     assert "data.test_sites: no site mars in the data; its sites: site1, site2, site3" in capsys.readouterr().err
     assert not (tmp_path / "x" / "split.json").exists()
+
+
+def test_leave_site_out_is_for_subject_labels(task_store, tmp_path, capsys):
+    assert main(["finetune", "--config", "tiny", f"data.stores=[{task_store}]", "task.kind=task_state",
+                 "data.test_sites=[a]", "--out", str(tmp_path / "x")]) == 2
+    assert "leave-site-out splits subjects by site for subject labels" in capsys.readouterr().err

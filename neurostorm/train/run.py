@@ -88,6 +88,9 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
+    if config.data.test_sites and config.task.kind not in ("classification", "regression"):
+        raise InputError("data.test_sites", "leave-site-out splits subjects by site for subject labels "
+                                            "(classification, regression); for task state use data.cv_by_site=true")
     if config.data.cv_folds > 1 or config.data.cv_by_site:
         return cross_validate(config, run_dir)
     if config.pooling != "mean" and config.mode != "probe":
