@@ -49,10 +49,7 @@ def _preprocessing_of_model(model: str, chosen: dict) -> dict:
     from neurostorm.data.preprocess import PreprocessConfig
     from neurostorm.models.weights import expected_preprocessing
 
-    expected = expected_preprocessing(model)
-    params = {k: v for k, v in expected.get("params", {}).items() if k in chosen}
-    if "grid" in expected:
-        params["grid"] = expected["grid"]["name"]
+    params = expected_preprocessing(model)
     if not params:
         raise InputError(model, "records no preprocessing to follow (weights saved outside a training run)")
     defaults = PreprocessConfig()

@@ -143,12 +143,8 @@ def _encoder(model: str | nn.Module | None) -> NeuroSTORM:
 
 def _preprocessing(model: object, img_size: tuple[int, int, int]) -> PreprocessConfig:
     """The preprocessing recorded with the weights; else the grid the model's input size reads."""
-    recorded: dict = {}
-    if isinstance(model, str) and model not in MODELS and not model.endswith((".ckpt", ".pt", ".pth")):
-        recorded = expected_preprocessing(model)
-    params = {k: v for k, v in recorded.get("params", {}).items() if k in ("tr", "grid", "normalization", "storage")}
-    if "grid" in recorded:
-        params["grid"] = recorded["grid"]["name"]
+    recorded = isinstance(model, str) and model not in MODELS and not model.endswith((".ckpt", ".pt", ".pth"))
+    params = expected_preprocessing(model) if recorded else {}
     if "grid" not in params:
         fitting = [name for name, grid in GRIDS.items() if pool_factor(grid.shape, img_size) is not None]
         if not fitting:

@@ -95,8 +95,13 @@ def pretrained_folder(name_or_path: str | Path) -> Path:
 
 
 def expected_preprocessing(name_or_path: str | Path) -> dict:
-    """The preprocessing a pretrained folder or Hub id records: ``{"grid": {...}, "params": {...}}``."""
-    return read_pretrained_config(pretrained_folder(name_or_path)).get("preprocessing") or {}
+    """The preprocessing settings a pretrained folder or Hub id records, as ``PreprocessConfig`` fields:
+    ``grid``, ``tr``, ``normalization``, ``storage`` (those it holds; {} for weights saved outside a run)."""
+    recorded = read_pretrained_config(pretrained_folder(name_or_path)).get("preprocessing") or {}
+    settings = {k: v for k, v in recorded.get("params", {}).items() if k in ("tr", "grid", "normalization", "storage")}
+    if isinstance(recorded.get("grid"), dict):
+        settings["grid"] = recorded["grid"]["name"]
+    return settings
 
 
 def _from_reference_checkpoint(path: Path, **overrides) -> nn.Module:
