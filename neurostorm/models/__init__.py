@@ -59,6 +59,12 @@ def model_applies(name: str, kind: str, mode: str) -> bool:
     return model_input(name) == "clips" or (kind in ("classification", "regression") and mode == "full")
 
 
+def reads_fixed_features(name: str, kind: str, mode: str) -> bool:
+    """Whether the named model in ``mode`` learns a subject label from fixed features — FC matrices, or a
+    frozen encoder's embeddings (``probe``) — which ``data.harmonize`` can harmonise by site."""
+    return kind in ("classification", "regression") and (model_input(name) == "fc" or mode == "probe")
+
+
 def _encoder(preset: str) -> Callable[..., NeuroSTORM]:
     return lambda **overrides: NeuroSTORM(replace(ENCODER_PRESETS[preset], **overrides))
 

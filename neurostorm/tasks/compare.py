@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
-from neurostorm.models import model_applies, model_input
+from neurostorm.models import model_applies, model_input, reads_fixed_features
 from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
 from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
 
@@ -65,10 +65,12 @@ class Method:
         return self.model + (f"@{self.init}" if self.init != "scratch" else "") + \
             (f":{self.mode}" if self.mode != "full" else "") + (f"+{self.pooling}" if self.pooling != "mean" else "")
 
-    def applies_to(self, kind: str) -> bool:
+    def applies_to(self, kind: str, harmonize: str = "none") -> bool:
         run_level = self.pooling != "mean"  # one row per run: subject labels only
+        harmonizable = reads_fixed_features(self.model, kind, self.mode) and self.pooling != "attention"
         return model_applies(self.model, kind, self.mode) and (not run_level or kind in ("classification",
-                                                                                          "regression"))
+                                                                                          "regression")) \
+            and (harmonize == "none" or harmonizable)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
         model = dataclasses.replace(config.model, name=self.model, init=self.init)
@@ -96,8 +98,9 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     for method in bar:
         bar.set_postfix_str(method.label)
         row = {"method": method.label, "model": method.model, "init": method.init, "mode": method.mode}
-        if not method.applies_to(kind):
-            rows.append({**row, "note": f"not applicable to {kind} / mode {method.mode}"})
+        if not method.applies_to(kind, config.data.harmonize):
+            harmonized = f" / data.harmonize={config.data.harmonize}" if method.applies_to(kind) else ""
+            rows.append({**row, "note": f"not applicable to {kind} / mode {method.mode}{harmonized}"})
             continue
         folder = out / "runs" / run_folder_name(method.label)
         start = time.perf_counter()
@@ -110,6 +113,10 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
             value = metrics.get(name, UNDEFINED)  # e.g. AUROC without every class among the test subjects
             row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
             row[f"{name}_chance"] = metrics.get("chance", {}).get(name, 0.0 if name == "pearson_r" else np.nan)
+        for site, scores in metrics.get("per_site", {}).items():  # leave-site-out, cross-validation by site
+            value = scores.get(METRICS[kind][0], UNDEFINED)
+            row.update({f"site={site}": value["value"], f"site={site}_ci_low": value["ci_low"],
+                        f"site={site}_ci_high": value["ci_high"], f"site={site}_subjects": scores.get("n_subjects")})
         rows.append(row)
     table = pd.DataFrame(rows)
     table.to_csv(out / "table.csv", index=False)
@@ -144,29 +151,41 @@ def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, st
 
 def markdown_table(table: pd.DataFrame, kind: str) -> str:
     """One line per method: each metric as value [95 % CI], chance of the headline metric, test subjects,
-    trained parameters, seconds; a warning line under the table when the test subjects are few."""
+    trained parameters, seconds, then the headline metric of each test site where runs report sites; a
+    warning line under the table when the test subjects are few."""
     metrics = METRICS[kind]
+    sites = [c for c in table.columns if c.startswith("site=") and not c.endswith(("_ci_low", "_ci_high", "_subjects"))]
     lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + f" | chance ({metrics[0]}) | "
-             "test subjects | trained parameters | seconds |", "|---" * (len(metrics) + 5) + "|"]
+             "test subjects | trained parameters | seconds |" + "".join(f" {metrics[0]} at {c[5:]} |" for c in sites),
+             "|---" * (len(metrics) + 5 + len(sites)) + "|"]
     notes = []
     for row in table.to_dict("records"):
         if pd.isna(row.get("seconds", np.nan)):  # the method did not run: its note says why
-            lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | | {row['note']} |")
+            lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | | {row['note']} |"
+                         + " |" * len(sites))
             continue
         if row.get("note"):
             notes.append(f"- {row['method']}: {row['note']}")
-        cells = ["—" if pd.isna(row[m]) else f"{row[m]:.3f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]"
-                 for m in metrics]
+        cells = [_interval_cell(row, m) for m in metrics]
+        site_cells = "".join(f" {_interval_cell(row, c)} (n={_count(row.get(f'{c}_subjects'))}) |" for c in sites)
         chance = row[f"{metrics[0]}_chance"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {'' if pd.isna(chance) else f'{chance:.3f}'}"
                      f" | {_count(row.get('test_subjects'))} | {int(row['trainable_parameters'] or 0):,} | "
-                     f"{row['seconds']:.0f} |")
+                     f"{row['seconds']:.0f} |" + site_cells)
     lines += ["", *notes] if notes else []
     tested = [int(n) for n in table.get("test_subjects", pd.Series(dtype=float)).dropna()]
     if tested and min(tested) < FEW_TEST_SUBJECTS:
         lines += ["", f"**Warning: {min(tested)} test subjects.** 95 % CIs over fewer than {FEW_TEST_SUBJECTS} "
                       "subjects are too wide to rank methods; use more subjects or data.cv_folds=k."]
     return "\n".join(lines)
+
+
+def _interval_cell(row: dict, column: str) -> str:
+    """``value [ci_low, ci_high]`` of a metric column of a table row, or — where it is undefined."""
+    value = row.get(column, np.nan)
+    if pd.isna(value):
+        return "—"
+    return f"{value:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]"
 
 
 def _count(value) -> str:

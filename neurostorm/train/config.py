@@ -44,6 +44,7 @@ class DataConfig:
     cv_folds: int = 0  # k > 1: k-fold cross-validation by subject (stratified; sites kept whole if a 'site' column)
     test_sites: list[str] = field(default_factory=list)  # leave-site-out: these sites' subjects are the test set
     cv_by_site: bool = False  # cross-validation with one fold per site of the 'site' column, scored per site
+    harmonize: str = "none"  # combat: ComBat of FC / frozen embeddings by site, fitted on train + val subjects
     atlas: str = "power264"  # connectome models: ROIs whose time series give the FC matrices
     roi_dir: str | None = None  # connectome models: ROI folder (reused, else extracted; default RUN_DIR/roi)
 
@@ -100,6 +101,7 @@ class TrainerConfig:
 
 MODES = ("full", "prompt", "lora", "probe")  # adaptation modes
 POOLINGS = ("mean", "mean_std", "cov", "attention")  # run-level features of probe and embed (train/pooling.py)
+HARMONIZATIONS = ("none", "combat")  # of features by site (data/harmonize.py)
 
 
 @dataclass
@@ -121,6 +123,8 @@ class ExperimentConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.data.harmonize not in HARMONIZATIONS:
+            raise ValueError(f"data.harmonize must be one of {', '.join(HARMONIZATIONS)}, got {self.data.harmonize!r}")
         self.lora_targets = tuple(self.lora_targets)
         if self.task.kind not in TASK_KINDS:
             raise ValueError(f"task.kind must be one of {', '.join(TASK_KINDS)}, got {self.task.kind!r}")

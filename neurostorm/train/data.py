@@ -9,7 +9,7 @@ only their manifest at start-up; runs are opened on first read.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset
+from neurostorm.data.harmonize import harmonize_splits
 from neurostorm.data.roi import rois_of_store
 from neurostorm.data.splits import load_or_make_split, make_split, site_split
 from neurostorm.data.store import Store, write_json_atomic
@@ -70,6 +71,7 @@ class LabelledClips(L.LightningDataModule):
         self.store = Store(config.data.stores[0].path)
         split_file = split_path(config, self.run_dir)
         self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
+        self.harmonization: dict | None = None  # data.harmonize: what was fitted, for the run's metrics
         if config.task.kind == "task_state":
             self._event_clips(config, split_file)
         else:
@@ -97,11 +99,37 @@ class LabelledClips(L.LightningDataModule):
             self.roi_dir = rois_of_store(self.store.location, data.atlas, data.roi_dir or self.run_dir / "roi")
             self.datasets = {name: FCDataset(self.roi_dir, self.split[name], label, task=kind)
                              for name in ("train", "val", "test")}
+            if data.harmonize == "combat":
+                self._harmonize_fc()
             return
         self.datasets = {
             name: ClipDataset(self.store, self.split[name], data.sequence_length, stride=data.stride,
                               random_crop=data.random_crop and name == "train", label=label, task=kind)
             for name in ("train", "val", "test")}
+
+    def _harmonize_fc(self) -> None:
+        """ComBat of every split's FC entries above the diagonal, fitted on the train + val runs."""
+        rows, cols = np.triu_indices(self.datasets["train"].matrices.shape[1], k=1)
+        features = {name: d.matrices[:, rows, cols] for name, d in self.datasets.items()}
+        subjects = {name: d.runs["subject"] for name, d in self.datasets.items()}
+        harmonised, self.harmonization = self.harmonize(features, subjects, fit_on=("train", "val"))
+        for name, dataset in self.datasets.items():
+            matrices = dataset.matrices.copy()
+            matrices[:, rows, cols] = matrices[:, cols, rows] = harmonised[name]
+            dataset.matrices = matrices
+
+    def harmonize(self, features: dict[str, np.ndarray], subjects: dict[str, Sequence[str]],
+                  fit_on: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
+        """``data.harmonize=combat`` of named sets of feature rows (N, F) of the given subjects: ComBat by site
+        (:mod:`neurostorm.data.harmonize`) fitted on the ``fit_on`` sets only; (harmonised, summary)."""
+        site_of = sites_of(self.store)
+        if not site_of:
+            raise InputError(self.store.location, "data.harmonize=combat needs a 'site' column in the labels")
+        sites = {name: np.array([site_of[str(s)] for s in subjects[name]]) for name in features}
+        try:
+            return harmonize_splits(features, sites, fit_on)
+        except ValueError as err:
+            raise InputError(self.store.location, f"data.harmonize=combat: {err}") from None
 
     def _event_clips(self, config: ExperimentConfig, split_file: Path) -> None:
         """Task state: every split holds the condition-labelled clips of its subjects' runs."""

@@ -65,6 +65,9 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
         targets[split] = np.array([label_of[r] for r in series[split].run_ids])
     test = series["test"]
     if config.pooling == "attention":
+        if config.data.harmonize != "none":
+            raise InputError("config", "pooling=attention learns from every frame of a run; data.harmonize "
+                                       "harmonises fixed features: use pooling mean, mean_std or cov")
         model, fitted = fit_attention(series["train"], targets["train"], series["val"], targets["val"], kind,
                                       n_classes, seed=config.trainer.seed)
         outputs, info = attention_outputs(model, fitted, test, kind), {"trainable_parameters": count_parameters(model)}
@@ -75,11 +78,12 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
         pooling = RunPooling(config.pooling).fit(fit)  # cov: PCA of the training runs' frames only
         y = np.concatenate([targets["train"], targets["val"]])
         _check_classes(y, config, data)
-        search = fit_linear(pooling.transform(fit), y, np.array(fit.subjects), kind,
-                            balanced=config.task.class_weights)
-        outputs = linear_outputs(search, pooling.transform(test), kind, n_classes)
-        info = {"best_params": {k: float(v) for k, v in search.best_params_.items()},
-                "trainable_parameters": linear_parameters(search)}
+        rows, info = _harmonized(config, data, {"fit": pooling.transform(fit), "test": pooling.transform(test)},
+                                 {"fit": fit.subjects, "test": test.subjects})
+        search = fit_linear(rows["fit"], y, np.array(fit.subjects), kind, balanced=config.task.class_weights)
+        outputs = linear_outputs(search, rows["test"], kind, n_classes)
+        info.update(best_params={k: float(v) for k, v in search.best_params_.items()},
+                    trainable_parameters=linear_parameters(search))
     skipped = [r for split in SPLITS for r in series[split].skipped]
     rows = {"subject": np.array(test.subjects), "run_id": np.array(test.run_ids),
             "start": np.zeros(len(test.run_ids), dtype=int), "y": targets["test"]}
@@ -105,12 +109,31 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     kind = config.task.kind
     n_classes = 1 if kind == "regression" else len(data.classes)
     _check_classes(fit["y"], config, data)
-    search = fit_linear(fit["output"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
     test = features["test"]
-    outputs = linear_outputs(search, test["output"], kind, n_classes)
-    info = {"mode": mode, "best_params": {k: float(v) for k, v in search.best_params_.items()},
-            "trainable_parameters": linear_parameters(search)}
+    if data.input == "fc":  # the FC matrices were harmonised as the data module read them
+        rows, info = {"fit": fit["output"], "test": test["output"]}, _harmonization(data.harmonization)
+    else:
+        rows, info = _harmonized(config, data, {"fit": fit["output"], "test": test["output"]},
+                                 {"fit": fit["subject"], "test": test["subject"]})
+    search = fit_linear(rows["fit"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
+    outputs = linear_outputs(search, rows["test"], kind, n_classes)
+    info.update(mode=mode, best_params={k: float(v) for k, v in search.best_params_.items()},
+                trainable_parameters=linear_parameters(search))
     return _finish(config, data, run_dir, test, outputs, info, start)
+
+
+def _harmonized(config: ExperimentConfig, data: LabelledClips, rows: dict[str, np.ndarray], subjects: dict
+                ) -> tuple[dict[str, np.ndarray], dict]:
+    """The ``fit`` (train + val) and ``test`` feature rows, ComBat-harmonised by site when ``data.harmonize``
+    asks (fitted on the ``fit`` rows only); with the task info that says so."""
+    if config.data.harmonize == "none":
+        return rows, {}
+    harmonised, summary = data.harmonize(rows, subjects, fit_on=("fit",))
+    return harmonised, _harmonization(summary)
+
+
+def _harmonization(summary: dict | None) -> dict:
+    return {"harmonization": summary} if summary else {}
 
 
 def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: dict, outputs: np.ndarray,

@@ -27,7 +27,7 @@ from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.splits import site_split
 from neurostorm.data.store import Store, data_summary, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.models import ClassificationHead, RegressionHead, model_applies
+from neurostorm.models import ClassificationHead, RegressionHead, model_applies, reads_fixed_features
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import (
@@ -91,6 +91,10 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     if config.data.test_sites and config.task.kind not in ("classification", "regression"):
         raise InputError("data.test_sites", "leave-site-out splits subjects by site for subject labels "
                                             "(classification, regression); for task state use data.cv_by_site=true")
+    if config.data.harmonize != "none" and not reads_fixed_features(config.model.name, config.task.kind, config.mode):
+        raise InputError("data.harmonize", "ComBat harmonises fixed features by site: the FC of connectome models "
+                                           "and a frozen encoder's embeddings (mode=probe), for subject labels; "
+                                           "an encoder adapted on clips reads voxels")
     if config.data.cv_folds > 1 or config.data.cv_by_site:
         return cross_validate(config, run_dir)
     if config.pooling != "mean" and config.mode != "probe":
@@ -119,7 +123,8 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     task = {"kind": config.task.kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
             "target_mean": mean, "target_std": std, "mode": config.mode, "train_seconds": seconds,
-            "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+            "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            **({"harmonization": data.harmonization} if data.harmonization else {})}
     if trainer.is_global_zero:
         export_adapted(module, task, run_dir / "model", data.store)
     return report(run_dir, module, data, task)
