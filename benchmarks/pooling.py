@@ -114,6 +114,34 @@ def evaluate(methods: dict[str, RunSeries], store: Store, folds: list[dict], lab
     return pd.DataFrame(rows)
 
 
+def evaluate_families(methods: dict[str, RunSeries], store: Store) -> pd.DataFrame:
+    """:func:`evaluate` for every label of FAMILIES, 5 folds by subject (sites mixed), validation share 0.25."""
+    tables = []
+    for label in FAMILIES:
+        subjects = store.manifest.astype({"subject": str}).drop(columns="site")  # folds by subject
+        stratify = label if FAMILIES[label] == "classification" else None
+        tables.append(evaluate(methods, store, cv_splits(subjects, 5, 0.25, seed=0, stratify=stratify), label))
+    return pd.concat(tables, ignore_index=True)
+
+
+def demo_rest_store(out: Path, subjects: int = 48) -> Path:
+    """The default demo's resting cohort (2 runs of 24 frames at TR 2 s, 4 mm, three sites, seed 0),
+    preprocessed onto the 4 mm grid in OUT/store."""
+    simulate_cohort(out / "bids", CohortConfig(subjects=subjects, runs=2, n_frames=24, voxel_mm=4.0, seed=0))
+    runs = sorted((out / "bids").glob("sub-*/func/*task-rest*_bold.nii.gz"))
+    preprocess(runs, out / "store", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
+               labels=out / "bids" / "participants.tsv", progress=False)
+    return out / "store"
+
+
+def pretrain_as_demo(store: Path, out: Path, *overrides: str) -> Path:
+    """STORM pretraining of the tiny model as the default demo runs it; returns the model folder."""
+    pretrain(load_config("tiny", ["trainer.seed=0", "data.split_fractions=[0.6,0.2,0.2]", "optim.lr=3e-3",
+                                  "optim.epochs=3", "trainer.progress=false",
+                                  f"data.stores=[{{path: {store}, max_clips: 200}}]", *overrides]), out)
+    return out / "model"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=48)
@@ -123,13 +151,8 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
-        simulate_cohort(out / "bids", CohortConfig(subjects=args.subjects, runs=2, n_frames=24, voxel_mm=4.0, seed=0))
-        runs = sorted((out / "bids").glob("sub-*/func/*task-rest*_bold.nii.gz"))
-        preprocess(runs, out / "store", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
-                   labels=out / "bids" / "participants.tsv", progress=False)
-        pretrain(load_config("tiny", ["trainer.seed=0", "data.split_fractions=[0.6,0.2,0.2]", "optim.lr=3e-3",
-                                      "optim.epochs=3", "trainer.progress=false",
-                                      f"data.stores=[{{path: {out / 'store'}, max_clips: 200}}]"]), out / "pretrain")
+        demo_rest_store(out, args.subjects)
+        pretrain_as_demo(out / "store", out / "pretrain")
         extract_rois(str(out / "store"), "power264", out / "roi", progress=False)
         store = Store(out / "store")
         torch.manual_seed(0)
@@ -139,13 +162,7 @@ def main() -> None:
         for init, encoder in encoders.items():
             series = run_series(encoder, store, store.manifest, length=20)
             methods.update({f"{init} {pooling}": series for pooling in POOLINGS})
-        table = []
-        for label in FAMILIES:
-            subjects = store.manifest.astype({"subject": str}).drop(columns="site")  # folds by subject
-            stratify = label if FAMILIES[label] == "classification" else None
-            folds = cv_splits(subjects, 5, 0.25, seed=0, stratify=stratify)
-            table.append(evaluate(methods, store, folds, label))
-        table = pd.concat(table, ignore_index=True)
+        table = evaluate_families(methods, store)
         destination = Path(args.out) if args.out else Path(".")
         table.to_csv(destination / "pooling.csv", index=False)
         text = markdown(table)

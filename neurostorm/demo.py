@@ -7,6 +7,9 @@ clip, and with attention pooling over each run's clips for subject labels), and 
 baseline → ``report.md`` (a table per family with 95 % CIs, paired differences, figures, trained
 parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
 CLI run whose folder stays under OUT for inspection.
+
+The quick demo cross-validates the subject labels (3 folds, a site each) so every subject is tested once;
+the default demo adds a label-efficiency curve and a leave-site-out table (with and without ComBat) for age.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import pandas as pd
 
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
-from neurostorm.data.store import write_json_atomic
+from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
+from neurostorm.tasks.curves import label_efficiency
 from neurostorm.train.config import load_config
 from neurostorm.train.run import pretrain
 
@@ -36,6 +40,8 @@ class DemoSize:
     pretrain_clips: int  # per epoch
     epochs: int  # of every adaptation run
     methods: tuple[str, ...]  # compared per family, keys of METHODS
+    cv_folds: int = 0  # k: every subject tested once, k folds (sites kept whole); 0: one split
+    studies: bool = False  # a label-efficiency curve and a leave-site-out table (with and without ComBat)
 
 
 METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{pretrained}",
@@ -46,9 +52,14 @@ METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{p
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear"),
          ("probe + attention pooling", "FC + linear")]
 SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epochs=2, pretrain_clips=32, epochs=1,
-                           methods=("scratch", "full fine-tuning", "FC + linear")),
+                           methods=("scratch", "full fine-tuning", "FC + linear"), cv_folds=3),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
-                             methods=tuple(METHODS))}
+                             methods=tuple(METHODS), studies=True)}
+CROSS_VALIDATED = ("classification", "regression")  # subject labels: each subject tested once (task state has
+# many test clips per subject already)
+STUDY = ("age", ["task.label=age", "task.kind=regression"])  # the family of the label-efficiency and site studies
+STUDY_METHODS = ("full fine-tuning", "linear probe", "FC + linear")
+CURVE_SIZES, CURVE_REPEATS = [8, 16, None], 2  # labelled training subjects (None: all of the split's)
 
 FAMILIES = [  # (family, store, task overrides)
     ("sex", "rest", ["task.label=sex"]),
@@ -103,15 +114,58 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
         config = load_config("tiny", overrides)
+        if size.cv_folds and config.task.kind in CROSS_VALIDATED:
+            config = load_config("tiny", [*overrides, f"data.cv_folds={size.cv_folds}"])
         table = compare(config, methods, folder)  # one progress bar per family
         kind = config.task.kind
         families[family] = {"kind": kind, "folder": str(folder), "table": table,
                             "differences": paired_differences(table, kind, PAIRS),
                             "command": f"neurostorm compare --task {folder / 'task.yaml'} --out {folder}"}
         _stage(family, stages, start)
+    studies = {}
+    if size.studies:
+        study = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}",
+                 f"data.stores=[{out / 'store-rest'}]", f"data.roi_dir={out / 'roi-rest'}", *STUDY[1]]
+        chosen = [m for m in methods if m.label in STUDY_METHODS]
+        start = time.perf_counter()
+        studies["curve"] = label_efficiency_study(study, chosen, out / "studies" / "curve")
+        _stage("label efficiency", stages, start)
+        start = time.perf_counter()
+        studies["sites"] = leave_site_out_study(study, [m for m in chosen if m.label != "full fine-tuning"],
+                                                out / "studies" / "leave-site-out")
+        _stage("leave-site-out", stages, start)
     pretrain_metrics = json.loads((out / "runs" / "pretrain" / "metrics.json").read_text())
     return write_report(out, cohort, families, stages, pretrain_metrics, "neurostorm " + shlex.join(
-        ["pretrain", "--config", "tiny", *pretraining, "--out", str(out / "runs" / "pretrain")]))
+        ["pretrain", "--config", "tiny", *pretraining, "--out", str(out / "runs" / "pretrain")]), studies,
+        size.cv_folds)
+
+
+def label_efficiency_study(overrides: list[str], methods: list[Method], folder: Path) -> dict:
+    """The study family's headline metric at 8, 16 and all labelled training subjects (2 draws each)."""
+    sizes = ",".join("all" if n is None else str(n) for n in CURVE_SIZES)
+    curve = label_efficiency(load_config("tiny", overrides), methods, folder, CURVE_SIZES, CURVE_REPEATS,
+                             progress=False)
+    metric = next(c for c in curve.columns if c not in ("train_subjects", "repeat", "method", "note"))
+    means = curve.dropna(subset=["method"]).groupby(["train_subjects", "method"], sort=False)[metric].mean()
+    return {"metric": metric, "folder": str(folder), "means": means.unstack("method"),
+            "command": "neurostorm " + shlex.join(["compare", "--task", "tiny", "--models",
+                                                   ",".join(m.spec for m in methods), *overrides, "--train-subjects",
+                                                   sizes, "--repeats", str(CURVE_REPEATS), "--out", str(folder)])}
+
+
+def leave_site_out_study(overrides: list[str], methods: list[Method], folder: Path) -> dict:
+    """Train on every site but the last, test on it: each method as it is and with ComBat by site."""
+    sites = sorted(Store(load_config("tiny", overrides).data.stores[0].path).manifest["site"].astype(str).unique())
+    tables, commands = [], []
+    for harmonize in ("none", "combat"):
+        config = load_config("tiny", [*overrides, f"data.test_sites=[{sites[-1]}]", f"data.harmonize={harmonize}"])
+        table = compare(config, methods, folder / harmonize, progress=False)
+        if harmonize != "none":
+            table["method"] = table["method"] + " + ComBat"
+        tables.append(table)
+        commands.append(f"neurostorm compare --task {folder / harmonize / 'task.yaml'} --out {folder / harmonize}")
+    return {"site": sites[-1], "kind": config.task.kind, "table": pd.concat(tables, ignore_index=True),
+            "commands": commands}
 
 
 def _interval(d: dict) -> str:
@@ -119,14 +173,17 @@ def _interval(d: dict) -> str:
 
 
 def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[str, float], pretrain: dict,
-                 pretrain_command: str) -> Path:
+                 pretrain_command: str, studies: dict, cv_folds: int = 0) -> Path:
     """``report.md`` (tables, differences, figures, commands, wall times) and ``metrics.json``."""
+    protocol = (f"subject-label families are cross-validated in {cv_folds} folds (subjects of a site kept "
+                "together), so every subject is tested once and each value is computed on the pooled test "
+                "predictions; the other families use one subject split" if cv_folds else
+                "all methods of a family share one subject split")
     lines = ["# neurostorm demo report", "",
              f"Simulated cohort of {cohort.subjects} subjects (`bids/participants.tsv` holds the ground truth), "
              "tiny model, CPU. Every value is the test-set metric over held-out subjects with its 95 % bootstrap "
-             "CI (subjects resampled); all methods of a family share one subject split. Differences are paired: "
-             "each bootstrap draw scores both methods on the same resampled subjects. Nothing here was tuned to "
-             "favour pretraining.", "",
+             f"CI (subjects resampled); {protocol}. Differences are paired: each bootstrap draw scores both "
+             "methods on the same resampled subjects. Nothing here was tuned to favour pretraining.", "",
              "## Pretraining", "",
              f"Held-out masked reconstruction loss {pretrain.get('val_loss', float('nan')):.4f} against "
              f"{pretrain.get('val_loss_mean_predictor', float('nan')):.4f} for predicting each clip's mean.", "",
@@ -141,17 +198,50 @@ def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[s
                   "Commands (the table, then each row):", "", f"- `{result['command']}`"]
         lines += [f"- {r['method']}: `{r['command']}`" for r in result["table"].to_dict("records")
                   if isinstance(r.get("command"), str)] + [""]
+    lines += _study_sections(out, studies)
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items()]
     lines += [f"| total | {sum(stages.values()):.0f} |"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     summary = {"cohort": {"subjects": cohort.subjects, "frames": cohort.n_frames, "seed": cohort.seed},
+               "cv_folds": cv_folds,
                "pretrain": pretrain, "stages_seconds": stages,
                "families": {family: {"kind": r["kind"], "differences": r["differences"],
                                      "methods": _records(r["table"])} for family, r in families.items()}}
+    if "curve" in studies:
+        summary["label_efficiency"] = {"family": STUDY[0], "metric": studies["curve"]["metric"],
+                                       "folder": studies["curve"]["folder"]}
+    if "sites" in studies:
+        summary["leave_site_out"] = {"family": STUDY[0], "test_site": studies["sites"]["site"],
+                                     "methods": _records(studies["sites"]["table"])}
     write_json_atomic(out / "metrics.json", summary)
     return path
+
+
+def _study_sections(out: Path, studies: dict) -> list[str]:
+    """The label-efficiency curve and the leave-site-out table of the default demo, if they ran."""
+    lines = []
+    if "curve" in studies:
+        curve, family = studies["curve"], STUDY[0]
+        means = curve["means"]
+        lines += [f"## Label efficiency — {family}, {curve['metric']} against labelled training subjects", "",
+                  "The same validation and test subjects at every size; each size below all is drawn twice "
+                  "(seeded). Mean over draws:", "",
+                  "| training subjects | " + " | ".join(means.columns) + " |", "|---" * (len(means.columns) + 1) + "|"]
+        lines += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for n, row in means.iterrows()]
+        lines += ["", f"![label efficiency]({Path(curve['folder']).relative_to(out) / 'curve.png'})", "",
+                  f"Per draw, with CIs: `{Path(curve['folder']).relative_to(out) / 'curve.csv'}`; paired differences: "
+                  f"`{Path(curve['folder']).relative_to(out) / 'curve_differences.csv'}`.", "",
+                  f"Command: `{curve['command']}`", ""]
+    if "sites" in studies:
+        sites = studies["sites"]
+        lines += [f"## Leave-site-out — {STUDY[0]}, trained on the other sites, tested on {sites['site']}", "",
+                  "ComBat by site (`data.harmonize=combat`) is fitted on the training subjects only; the unseen "
+                  "test site is harmonised by its own estimates from its features, without labels.", "",
+                  markdown_table(sites["table"], sites["kind"]), "", "Commands:", ""]
+        lines += [f"- `{command}`" for command in sites["commands"]] + [""]
+    return lines
 
 
 def _records(table: pd.DataFrame) -> list[dict]:

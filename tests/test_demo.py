@@ -3,8 +3,11 @@
 import json
 import re
 
+import pandas as pd
+
 from neurostorm.cli import main
-from neurostorm.demo import FAMILIES, SIZES
+from neurostorm.demo import FAMILIES, SIZES, leave_site_out_study
+from neurostorm.tasks.compare import Method
 
 
 def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):
@@ -14,6 +17,11 @@ def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["families"]) == [family for family, _, _ in FAMILIES]
+    labelled = pd.read_csv(out / "bids" / "participants.tsv", sep="\t")
+    assert metrics["cv_folds"] == SIZES["quick"].cv_folds
+    for family in ("sex", "age", "diagnosis (3 classes)"):  # cross-validated: every subject tested once
+        ran = [m for m in metrics["families"][family]["methods"] if m.get("seconds")]
+        assert ran and all(m["test_subjects"] == len(labelled) for m in ran), family
     for family, result in metrics["families"].items():
         assert f"## {family}" in report
         ran = [m for m in result["methods"] if not m["note"]]
@@ -23,3 +31,16 @@ def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):  # every figure the report shows exists
         assert (out / image).stat().st_size > 10_000, image
     assert "| total |" in report and "FC + linear" in report
+
+
+def test_leave_site_out_study_sets_each_method_beside_its_combat_twin(realistic_store, tmp_path):
+    overrides = [f"data.stores=[{realistic_store}]", "task.label=sex", "data.atlas=dosenbach160",
+                 "model.overrides={embed_dim: 8}", "trainer.progress=false"]
+    study = leave_site_out_study(overrides, [Method.parse("fc-linear", "FC + linear"),
+                                             Method.parse("neurostorm-tiny:probe", "linear probe")], tmp_path)
+    assert study["site"] == "site3"
+    assert study["table"]["method"].tolist() == ["FC + linear", "linear probe", "FC + linear + ComBat",
+                                                 "linear probe + ComBat"]
+    assert (study["table"]["test_subjects"] == 4).all() and "site=site3" in study["table"]
+    combat = json.loads((tmp_path / "combat" / "runs" / "FC-linear" / "metrics.json").read_text())
+    assert combat["task"]["harmonization"]["sites_by_own_estimates"] == ["site3"]

@@ -138,7 +138,7 @@ def plot_curve(curve: pd.DataFrame, metric: str, path: Path) -> Path:
                         color=line.get_color(), alpha=0.15)
         ax.scatter(rows["train_subjects"], rows[metric], color=line.get_color(), s=10, alpha=0.6)
     ax.set_xlabel("labelled training subjects")
-    ax.set_ylabel(f"{metric} (test subjects)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (test subjects)")
     ax.set_title(f"label efficiency (up to {ran['repeat'].nunique()} repeat(s) per size; bands: mean 95 % CI)")
     ax.legend(fontsize=8)
     fig.tight_layout()

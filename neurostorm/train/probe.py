@@ -82,7 +82,7 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
                                  {"fit": fit.subjects, "test": test.subjects})
         search = fit_linear(rows["fit"], y, np.array(fit.subjects), kind, balanced=config.task.class_weights)
         outputs = linear_outputs(search, rows["test"], kind, n_classes)
-        info.update(best_params={k: float(v) for k, v in search.best_params_.items()},
+        info.update(best_params={k: float(v) for k, v in search.best_params.items()},
                     trainable_parameters=linear_parameters(search))
     skipped = [r for split in SPLITS for r in series[split].skipped]
     rows = {"subject": np.array(test.subjects), "run_id": np.array(test.run_ids),
@@ -117,7 +117,7 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
                                  {"fit": fit["subject"], "test": test["subject"]})
     search = fit_linear(rows["fit"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
     outputs = linear_outputs(search, rows["test"], kind, n_classes)
-    info.update(mode=mode, best_params={k: float(v) for k, v in search.best_params_.items()},
+    info.update(mode=mode, best_params={k: float(v) for k, v in search.best_params.items()},
                 trainable_parameters=linear_parameters(search))
     return _finish(config, data, run_dir, test, outputs, info, start)
 
