@@ -60,8 +60,8 @@ def _fit_predict(pooling: str, train: RunSeries, y_train: np.ndarray, val: RunSe
         model, fitted = fit_attention(train, y_train, val, y_val, kind, n_classes)
         return attention_outputs(model, fitted, test, kind)
     features = RunPooling(pooling).fit(train)
-    search = fit_linear(features.transform(train), y_train, np.array(train.subjects), kind)
-    return linear_outputs(search, features.transform(test), kind, n_classes)
+    linear = fit_linear(features.transform(train), y_train, np.array(train.subjects), kind)
+    return linear_outputs(linear, features.transform(test), kind, n_classes)
 
 
 def _fc_series(roi: Path, store: Store) -> RunSeries:

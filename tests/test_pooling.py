@@ -43,8 +43,8 @@ def test_cov_features_see_coupling_that_mean_and_std_cannot():
     scores = {}
     for pooling in ("mean_std", "cov"):
         features = RunPooling(pooling, components=4).fit(train)
-        search = fit_linear(features.transform(train), y[::2], groups[::2], "classification")
-        scores[pooling] = search.score(features.transform(test), y[1::2])
+        linear = fit_linear(features.transform(train), y[::2], groups[::2], "classification")
+        scores[pooling] = linear.score(features.transform(test), y[1::2])
     assert scores["cov"] == 1.0 and scores["mean_std"] < 0.8, scores
     z = RunPooling("cov", components=4).fit(train).transform(test)
     assert z.shape == (20, 6) and np.isfinite(z).all()

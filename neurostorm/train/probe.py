@@ -80,10 +80,10 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
         _check_classes(y, config, data)
         rows, info = _harmonized(config, data, {"fit": pooling.transform(fit), "test": pooling.transform(test)},
                                  {"fit": fit.subjects, "test": test.subjects})
-        search = fit_linear(rows["fit"], y, np.array(fit.subjects), kind, balanced=config.task.class_weights)
-        outputs = linear_outputs(search, rows["test"], kind, n_classes)
-        info.update(best_params={k: float(v) for k, v in search.best_params.items()},
-                    trainable_parameters=linear_parameters(search))
+        linear = fit_linear(rows["fit"], y, np.array(fit.subjects), kind, balanced=config.task.class_weights)
+        outputs = linear_outputs(linear, rows["test"], kind, n_classes)
+        info.update(best_params={k: float(v) for k, v in linear.best_params.items()},
+                    trainable_parameters=linear_parameters(linear))
     skipped = [r for split in SPLITS for r in series[split].skipped]
     rows = {"subject": np.array(test.subjects), "run_id": np.array(test.run_ids),
             "start": np.zeros(len(test.run_ids), dtype=int), "y": targets["test"]}
@@ -115,10 +115,10 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     else:
         rows, info = _harmonized(config, data, {"fit": fit["output"], "test": test["output"]},
                                  {"fit": fit["subject"], "test": test["subject"]})
-    search = fit_linear(rows["fit"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
-    outputs = linear_outputs(search, rows["test"], kind, n_classes)
-    info.update(mode=mode, best_params={k: float(v) for k, v in search.best_params.items()},
-                trainable_parameters=linear_parameters(search))
+    linear = fit_linear(rows["fit"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
+    outputs = linear_outputs(linear, rows["test"], kind, n_classes)
+    info.update(mode=mode, best_params={k: float(v) for k, v in linear.best_params.items()},
+                trainable_parameters=linear_parameters(linear))
     return _finish(config, data, run_dir, test, outputs, info, start)
 
 

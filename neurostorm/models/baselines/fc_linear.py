@@ -22,17 +22,17 @@ class FCLinear:
     def __init__(self, kind: str = "classification", balanced: bool = False) -> None:
         if kind not in ("classification", "regression"):
             raise ValueError(f"fc-linear predicts a classification or regression label, not {kind!r}")
-        self.kind, self.balanced, self.search = kind, balanced, None
+        self.kind, self.balanced, self.fitted = kind, balanced, None
 
     def fit(self, fc: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> FCLinear:
         features = upper_triangle(torch.as_tensor(fc)).numpy()
-        self.search = fit_linear(features, targets, groups, self.kind, self.balanced)
+        self.fitted = fit_linear(features, targets, groups, self.kind, self.balanced)
         return self
 
     def outputs(self, fc: np.ndarray) -> np.ndarray:
         """(N, 1) values or logits, (N, K) scores for K classes."""
-        return linear_outputs(self.search, upper_triangle(torch.as_tensor(fc)).numpy(), self.kind)
+        return linear_outputs(self.fitted, upper_triangle(torch.as_tensor(fc)).numpy(), self.kind)
 
     @property
     def n_parameters(self) -> int:
-        return linear_parameters(self.search)
+        return linear_parameters(self.fitted)
