@@ -181,14 +181,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     config = load_experiment(args.task, args.overrides, args.quiet)
     methods = parse_methods(args.models) if args.models else saved_methods(args.task)
     if args.train_subjects:
-        from neurostorm.tasks.curves import label_efficiency, parse_sizes
+        from neurostorm.tasks.curves import curve_means, label_efficiency, parse_sizes
 
         curve = label_efficiency(config, methods, args.out, parse_sizes(args.train_subjects), args.repeats,
                                  progress=not args.quiet)
-        metric = next(c for c in curve.columns if c not in ("train_subjects", "repeat", "method", "note"))
-        summary = curve.dropna(subset=["method"]).groupby(["train_subjects", "method"], sort=False)[metric].mean()
+        metric, means = curve_means(curve)
         print(f"{args.out}/curve.png, curve.csv ({config.task.kind}, {metric}, mean over repeats):")
-        print(summary.unstack("method").round(3).to_string())
+        print(means.round(3).to_string())
         for note in curve.loc[curve["method"].isna(), "note"]:
             print(f"  {note}")
         return 0

@@ -26,7 +26,7 @@ from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
-from neurostorm.tasks.curves import label_efficiency
+from neurostorm.tasks.curves import curve_means, label_efficiency
 from neurostorm.train.config import load_config
 from neurostorm.train.run import pretrain
 
@@ -145,9 +145,8 @@ def label_efficiency_study(overrides: list[str], methods: list[Method], folder: 
     sizes = ",".join("all" if n is None else str(n) for n in CURVE_SIZES)
     curve = label_efficiency(load_config("tiny", overrides), methods, folder, CURVE_SIZES, CURVE_REPEATS,
                              progress=False)
-    metric = next(c for c in curve.columns if c not in ("train_subjects", "repeat", "method", "note"))
-    means = curve.dropna(subset=["method"]).groupby(["train_subjects", "method"], sort=False)[metric].mean()
-    return {"metric": metric, "folder": str(folder), "means": means.unstack("method"),
+    metric, means = curve_means(curve)
+    return {"metric": metric, "folder": str(folder), "means": means,
             "command": "neurostorm " + shlex.join(["compare", "--task", "tiny", "--models",
                                                    ",".join(m.spec for m in methods), *overrides, "--train-subjects",
                                                    sizes, "--repeats", str(CURVE_REPEATS), "--out", str(folder)])}

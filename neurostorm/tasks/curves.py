@@ -121,6 +121,13 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
     return curve
 
 
+def curve_means(curve: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """(headline metric, its mean over repeats as a table: one row per training size, one column per method)."""
+    metric = next(c for c in curve.columns if c not in ("train_subjects", "repeat", "method", "note"))
+    means = curve.dropna(subset=["method"]).groupby(["train_subjects", "method"], sort=False)[metric].mean()
+    return metric, means.unstack("method")
+
+
 def plot_curve(curve: pd.DataFrame, metric: str, path: Path) -> Path:
     """Headline metric against labelled training subjects, one line (mean over repeats) per method."""
     import matplotlib
