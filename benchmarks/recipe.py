@@ -1,21 +1,27 @@
-"""Why the demo's networks decide one class, and which recipe to use: figures on validation subjects only.
+"""Why the demo's networks decided one class, and the input that lets them learn: figures on validation only.
 
-``python -m benchmarks.recipe [--seeds 3] [--out DIR]`` simulates the default demo's resting cohort (48
-subjects, three sites, seed 0), pretrains the tiny model as the default demo does, then:
+``python -m benchmarks.recipe [--seeds 3] [--epochs 5] [--out DIR]`` simulates the default demo's resting
+cohort (48 subjects, three sites, seed 0) and pretrains the tiny model as the default demo does, twice: on
+the clips as stored (the reference's input: the whole brain z-normalised by one mean and sd, so every voxel
+keeps its anatomical intensity) and with each voxel z-scored over the clip's frames (``voxel_zscore``). Then:
 
-1. **Embedding spread** — the pretrained encoder's pooled embeddings of every clip: the mean magnitude of a
-   dimension against its spread across clips (and across subjects). A head reads only the spread.
-2. **Fine-tuning recipes** — full fine-tuning of the pretrained encoder for sex and age under each recipe
-   (learning rate, warm-up + cosine decay, epochs; the simulated sexes are balanced, so class weights
-   change nothing), one run per seed (the seed draws the split and the head), each scored at its best
-   checkpoint by validation: validation balanced accuracy and AUROC (sex) or Pearson r (age). No figure
-   here reads a test subject.
-3. **Pretraining objective** — STORM with the reconstruction loss over every voxel (the reference's) or over
-   brain voxels only (``loss_on_background=False``), each scored downstream by a linear probe of its mean-
-   pooled embeddings, fitted on training subjects and scored on validation subjects (5 folds by subject),
-   for sex, age, phenotype score and diagnosis, beside FC + linear on the same folds.
+1. **Embedding spread** — each pretrained encoder's pooled embeddings of every clip: the mean magnitude of a
+   dimension against its spread across clips and across subjects. A head reads only the spread.
+2. **Where the label is** — linear models on validation subjects (5 folds by subject): FC of whole runs, the
+   mean over a run of the FC of its 20-frame clips (what a clip model with averaged outputs could reach), and
+   the frozen encoders' mean-pooled embeddings.
+3. **Fine-tuning** — scratch, full fine-tuning and prompt tuning of the tiny model for sex and age, on either
+   input, ``--epochs`` epochs at the demo's learning rate (constant, so the first E epochs of a run are a run
+   of E epochs), one run per seed (the seed draws the split and the head). Each is scored at its best
+   checkpoint by validation within the first 2 epochs (the demo's budget before) and within all epochs:
+   validation balanced accuracy and AUROC (sex) or Pearson r (age), and the training loss. No figure here
+   reads a test subject.
+4. **Pretraining objective** — STORM with the reconstruction loss over every voxel (the reference's) or over
+   brain voxels only (``loss_on_background=False``), each scored by a linear probe of its embeddings on
+   validation subjects (5 folds by subject), for sex, age, phenotype score and diagnosis, beside FC + linear.
 
-Prints three tables and writes ``recipe.md`` into OUT (the current folder without ``--out``).
+Prints the tables and writes ``recipe.md``, ``recipe_finetune.csv`` and ``recipe_pretrain.csv`` into OUT
+(the current folder without ``--out``).
 """
 
 from __future__ import annotations
@@ -34,67 +40,88 @@ from neurostorm import load_encoder
 from neurostorm.data.roi import extract_rois
 from neurostorm.data.store import Store
 from neurostorm.train.config import load_config
-from neurostorm.train.pooling import run_series
+from neurostorm.train.pooling import RunSeries, run_series
 from neurostorm.train.run import finetune
 
-RECIPES = {  # name → overrides on the demo's fine-tuning (tiny preset: lr 1e-3; the demo runs 2 epochs)
-    "demo: lr 1e-3, 2 epochs": [],
-    "lr 1e-4, 2 epochs": ["optim.lr=1e-4"],
-    "lr 1e-3, warm-up 1 + cosine, 2 epochs": ["optim.warmup_epochs=1", "optim.cosine=true"],
-    "lr 1e-4, 10 epochs": ["optim.lr=1e-4", "optim.epochs=10"],
-}
+ZSCORE = "model.overrides={voxel_zscore: true}"
+INPUTS = {"as stored": [], "voxel z-scored": [ZSCORE]}  # pretraining overrides of each input
 LABELS = {"sex": ["task.label=sex"], "age": ["task.label=age", "task.kind=regression"]}
+CLIP = 20  # frames per clip, as the demo trains
 
 
-def embedding_spread(model: Path, store: Store) -> dict[str, float]:
+def embedding_spread(series: RunSeries) -> dict[str, float]:
     """Mean |value| of an embedding dimension against its standard deviation across clips and across
     subjects' mean embeddings (averaged over dimensions)."""
-    series = run_series(load_encoder(model), store, store.manifest, length=20)
     clips = np.concatenate(series.clips)  # (N clips, D)
     subjects = pd.DataFrame(np.concatenate([c.mean(0, keepdims=True) for c in series.clips]))
     by_subject = subjects.groupby(np.array(series.subjects)).mean().to_numpy()
-    return {"clips": len(clips), "mean |value|": float(np.abs(clips).mean()),
-            "sd across clips": float(clips.std(0).mean()), "sd across subjects": float(by_subject.std(0).mean())}
+    return {"mean |value|": float(np.abs(clips).mean()), "sd across clips": float(clips.std(0).mean()),
+            "sd across subjects": float(by_subject.std(0).mean())}
 
 
-def recipe_scores(store: Path, model: Path, out: Path, seeds: int) -> pd.DataFrame:
+def clip_fc_series(roi: Path, store: Store, length: int = CLIP) -> RunSeries:
+    """Per run, the Fisher-z FC of each ``length``-frame clip (no overlap) as that clip's row: mean pooling
+    then fits a linear model to the mean of a run's clip FCs."""
+    subject = store.manifest.set_index("run_id")["subject"].astype(str)
+    series = RunSeries()
+    for run_id in store.manifest["run_id"]:
+        signals = np.load(roi / "timeseries" / f"{run_id}.npy")  # (T, R)
+        upper = np.triu_indices(signals.shape[1], k=1)
+        rows = []
+        for start in range(0, len(signals) - length + 1, length):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                correlation = np.corrcoef(signals[start:start + length].T)[upper]
+            rows.append(np.arctanh(np.clip(np.nan_to_num(correlation), -0.999999, 0.999999)))
+        clips = np.array(rows, dtype=np.float32)
+        series.add(run_id, subject[run_id], clips, clips, clips)
+    return series
+
+
+def finetune_runs(store: Path, models: dict[str, Path], out: Path, seeds: int, epochs: int) -> pd.DataFrame:
+    """One row per (input, method, label, seed, epoch): validation metrics and training loss per epoch."""
     rows = []
-    for label, task in LABELS.items():
-        for name, overrides in RECIPES.items():
-            for seed in range(seeds):
-                folder = out / f"{label}-{len(rows)}"
-                config = load_config("tiny", [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]",
-                                              "trainer.progress=false", "optim.epochs=2", f"data.stores=[{store}]",
-                                              f"model.init={model}", *task, *overrides])
-                start = time.perf_counter()
-                finetune(config, folder)
-                log = pd.read_csv(folder / "logs" / "metrics.csv")
-                validated = log.dropna(subset=["val_score"])
-                best = validated.loc[validated["val_score"].idxmax()]  # the checkpoint finetune tests
-                train_loss = log["train_loss_epoch"].dropna()
-                rows.append({"label": label, "recipe": name, "seed": seed,
-                             "val_balanced_accuracy": best.get("val_balanced_accuracy", np.nan),
-                             "val_auroc": best.get("val_auroc", np.nan), "val_pearson_r": best.get("val_pearson_r",
-                                                                                                  np.nan),
-                             "train_loss_first": train_loss.iloc[0], "train_loss_last": train_loss.iloc[-1],
-                             "seconds": time.perf_counter() - start})
-                print(rows[-1], flush=True)
+    for (input_name, model), (method, mode), (label, task), seed in [
+            (m, k, t, s) for m in models.items() for k in (("scratch", "full"), ("full fine-tuning", "full"),
+                                                            ("prompt tuning", "prompt"))
+            for t in LABELS.items() for s in range(seeds)]:
+        init = ["model.init=scratch", *INPUTS[input_name]] if method == "scratch" else [f"model.init={model}"]
+        folder = out / f"{len(rows)}"
+        config = load_config("tiny", [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]",
+                                      "trainer.progress=false", f"optim.epochs={epochs}", f"data.stores=[{store}]",
+                                      f"mode={mode}", *init, *task])
+        start = time.perf_counter()
+        finetune(config, folder)
+        log = pd.read_csv(folder / "logs" / "metrics.csv")
+        validated = log.dropna(subset=["val_score"]).reset_index(drop=True)
+        train_loss = log["train_loss_epoch"].dropna().reset_index(drop=True)
+        for epoch, val in validated.iterrows():
+            rows.append({"input": input_name, "method": method, "label": label, "seed": seed, "epoch": epoch + 1,
+                         "val_score": val["val_score"], "val_balanced_accuracy": val.get("val_balanced_accuracy"),
+                         "val_auroc": val.get("val_auroc"), "val_pearson_r": val.get("val_pearson_r"),
+                         "train_loss": train_loss[epoch], "seconds": time.perf_counter() - start})
+        print(f"{input_name} {method} {label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     return pd.DataFrame(rows)
 
 
-def objective_scores(out: Path, store: Store, base_model: Path) -> pd.DataFrame:
-    brain_model = pretrain_as_demo(Path(store.location), out / "pretrain-brain-only",
-                                   "model.overrides={loss_on_background: false}")
-    extract_rois(str(store.location), "power264", out / "roi", progress=False)
-    methods = {"FC + linear": _fc_series(out / "roi", store),
-               "every voxel (reference) mean": run_series(load_encoder(base_model), store, store.manifest, length=20),
-               "brain voxels only mean": run_series(load_encoder(brain_model), store, store.manifest, length=20)}
-    return evaluate_families(methods, store)
+def at_best(runs: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """Per run, the validation metrics of the checkpoint a fine-tuning of ``epochs`` epochs keeps (the first
+    epoch with the highest val_score) and of its last epoch, the training loss of its first and last epochs."""
+    kept = runs[runs["epoch"] <= epochs]
+    rows = []
+    for key, run in kept.groupby(["input", "method", "label", "seed"], sort=False):
+        best, last = run.loc[run["val_score"].idxmax()], run.iloc[-1]
+        ranking = "val_auroc" if key[2] == "sex" else "val_pearson_r"
+        rows.append({**dict(zip(["input", "method", "label", "seed"], key, strict=True)), "epochs": epochs,
+                     "val_balanced_accuracy": best["val_balanced_accuracy"], "val_ranking": best[ranking],
+                     "val_ranking_last": last[ranking], "train_loss_first": run["train_loss"].iloc[0],
+                     "train_loss_last": run["train_loss"].iloc[-1]})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", default=None, help="folder for the cohort and runs (default: a temporary one)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -102,31 +129,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
         store_path = demo_rest_store(out)
-        model = pretrain_as_demo(store_path, out / "pretrain")
         store = Store(store_path)
-        spread = embedding_spread(model, store)
-        recipes = recipe_scores(store_path, model, out / "finetune", args.seeds)
-        objectives = objective_scores(out, store, model)
-        text = markdown(spread, recipes, objectives, args.seeds)
+        models = {name: pretrain_as_demo(store_path, out / f"pretrain-{i}", *overrides)
+                  for i, (name, overrides) in enumerate(INPUTS.items())}
+        series = {name: run_series(load_encoder(model), store, store.manifest, length=CLIP)
+                  for name, model in models.items()}
+        spread = {name: embedding_spread(s) for name, s in series.items()}
+        extract_rois(str(store_path), "power264", out / "roi", progress=False)
+        information = evaluate_families({"FC + linear": _fc_series(out / "roi", store),
+                                         "FC of 20-frame clips mean": clip_fc_series(out / "roi", store),
+                                         **{f"probe, {name} mean": s for name, s in series.items()}}, store)
+        runs = finetune_runs(store_path, models, out / "finetune", args.seeds, args.epochs)
+        objectives = objective_scores(out, store, models["as stored"])
+        text = markdown(spread, information, runs, objectives, args.seeds, args.epochs)
         destination = Path(args.out) if args.out else Path(".")
         (destination / "recipe.md").write_text(text + "\n")
-        recipes.to_csv(destination / "recipe_finetune.csv", index=False)
+        runs.to_csv(destination / "recipe_finetune.csv", index=False)
         objectives.to_csv(destination / "recipe_pretrain.csv", index=False)
         print(text)
         print(f"\n{time.perf_counter() - started:.0f} s")
 
 
-def markdown(spread: dict, recipes: pd.DataFrame, objectives: pd.DataFrame, seeds: int) -> str:
-    lines = ["Pretrained embeddings: " + ", ".join(f"{k} {v:.4g}" for k, v in spread.items()), "",
-             f"| label | recipe (mean of {seeds} seeds) | val balanced accuracy | val AUROC / Pearson r | "
-             "train loss, first → last epoch |", "|---|---|---|---|---|"]
-    summary = recipes.groupby(["label", "recipe"], sort=False).mean(numeric_only=True)
-    for (label, recipe), row in summary.iterrows():
-        score = row["val_auroc"] if label == "sex" else row["val_pearson_r"]
+def objective_scores(out: Path, store: Store, base_model: Path) -> pd.DataFrame:
+    brain_model = pretrain_as_demo(Path(store.location), out / "pretrain-brain-only",
+                                   "model.overrides={loss_on_background: false}")
+    methods = {"FC + linear": _fc_series(out / "roi", store),
+               "every voxel (reference) mean": run_series(load_encoder(base_model), store, store.manifest, length=CLIP),
+               "brain voxels only mean": run_series(load_encoder(brain_model), store, store.manifest, length=CLIP)}
+    return evaluate_families(methods, store)
+
+
+def markdown(spread: dict, information: pd.DataFrame, runs: pd.DataFrame, objectives: pd.DataFrame, seeds: int,
+             epochs: int) -> str:
+    lines = [f"Pretrained embeddings, {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+             for name, values in spread.items()]
+    lines += ["", "| label | linear model of | validation score |", "|---|---|---|"]
+    lines += [f"| {row['family']} ({row['metric']}) | {row['method'].removesuffix(' mean')} | {row['validation']:.3f} |"
+              for row in information.to_dict("records") if row["family"] in LABELS]
+    lines += ["", "| label | input | method | epochs | val balanced accuracy | val AUROC / Pearson r | "
+                  "… at the last epoch | train loss, first → last epoch |", "|---|---|---|---|---|---|---|---|"]
+    summary = pd.concat([at_best(runs, 2), at_best(runs, epochs)]).groupby(
+        ["label", "input", "method", "epochs"], sort=False).mean(numeric_only=True)
+    for (label, input_name, method, kept), row in summary.iterrows():
         accuracy = "" if label == "age" else f"{row['val_balanced_accuracy']:.3f}"
-        lines.append(f"| {label} | {recipe} | {accuracy} | {score:.3f} | {row['train_loss_first']:.3f} → "
-                     f"{row['train_loss_last']:.3f} |")
-    lines += ["", "| label | pretraining loss over | probe validation score |", "|---|---|---|"]
+        lines.append(f"| {label} | {input_name} | {method} | {kept} | {accuracy} | {row['val_ranking']:.3f} | "
+                     f"{row['val_ranking_last']:.3f} | {row['train_loss_first']:.3f} → {row['train_loss_last']:.3f} |")
+    lines += ["", f"(means of {seeds} seeds)", "", "| label | pretraining loss over | probe validation score |",
+              "|---|---|---|"]
     for row in objectives.to_dict("records"):
         lines.append(f"| {row['family']} ({row['metric']}) | {row['method'].removesuffix(' mean')} | "
                      f"{row['validation']:.3f} |")

@@ -5,7 +5,9 @@ import torch
 
 from neurostorm import build_model
 from neurostorm.models import ClassificationHead, EmbeddingHead, RegressionHead, count_parameters
+from neurostorm.models.encoder import zscore_over_time
 from neurostorm.models.prompts import prompt_tuning
+from neurostorm.models.weights import load_pretrained, save_pretrained
 
 SMALL = {"img_size": (48, 48, 48), "patch_size": (6, 6, 6), "embed_dim": 8}  # token grid 8³ like tiny
 
@@ -110,3 +112,26 @@ def test_bf16_autocast_runs_forward_and_backward():
     assert torch.isfinite(out).all()
     out.float().square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+
+
+def test_voxel_zscore_reads_fluctuations_not_intensity(tmp_path):
+    """Each voxel z-scored over the clip: mean 0 and sd 1 in time, background 0, applying it twice changes
+    nothing, and the encoder's output ignores a voxel's static intensity (the anatomy) and its scale."""
+    x = torch.randn(2, 1, 48, 48, 48, 8)
+    x[:, :, :10] = -3.0  # background: one fill in every frame
+    z = zscore_over_time(x)
+    brain = z[:, :, 10:]
+    torch.testing.assert_close(brain.mean(dim=5), torch.zeros_like(brain[..., 0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(brain.std(dim=5, correction=0), torch.ones_like(brain[..., 0]), atol=1e-4, rtol=0)
+    assert torch.equal(z[:, :, :10], torch.zeros_like(z[:, :, :10]))
+    torch.testing.assert_close(zscore_over_time(z), z, atol=1e-5, rtol=0)
+
+    anatomy = 5.0 * torch.rand(1, 1, 48, 48, 48, 1)  # a static image and a gain per voxel
+    gain = 0.5 + torch.rand(1, 1, 48, 48, 48, 1)
+    for voxel_zscore in (True, False):
+        encoder = build_model("neurostorm-tiny", voxel_zscore=voxel_zscore, **SMALL).eval()
+        with torch.no_grad():
+            same = torch.allclose(encoder.encode(x), encoder.encode(x * gain + anatomy), atol=1e-4, rtol=1e-4)
+        assert same is voxel_zscore
+    folder = save_pretrained(build_model("neurostorm-tiny", voxel_zscore=True, **SMALL), tmp_path / "model")
+    assert load_pretrained(folder).config.voxel_zscore is True  # the input travels with the weights

@@ -87,3 +87,20 @@ def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the
     assert "| FC + linear | 0.500 [0.500, 0.500]" in text
     assert "- FC + linear: every test subject is decided as class 0" in text
     assert "| bnt | — |" in text and "not applicable" in text
+
+
+def test_the_checkpoint_score_breaks_balanced_accuracy_ties_by_ranking_only():
+    """Two checkpoints that both decide every validation subject as one class tie at balanced accuracy 0.5:
+    the one whose scores rank the subjects is kept; a better balanced accuracy always wins over ranking."""
+    from neurostorm.tasks.evaluation import subject_metrics
+    from neurostorm.train.modules import checkpoint_score
+
+    subjects, y = np.array(["a", "b", "c", "d"]), np.array([0, 0, 1, 1])
+    def score(logits):
+        return checkpoint_score("classification", subject_metrics("classification", 2, subjects,
+                                                                   np.array(logits)[:, None], y))
+    one_class_ranking, one_class_shuffled = [-3.0, -2.9, -2.1, -2.0], [-2.0, -2.1, -2.9, -3.0]
+    assert score(one_class_ranking) > score(one_class_shuffled)
+    assert abs(score(one_class_ranking) - 0.5) < 2e-3
+    assert score([-1.0, 1.0, 1.0, 2.0]) > score(one_class_ranking)  # balanced accuracy 0.75 beats a tie at 0.5
+    assert checkpoint_score("regression", {"mse": 4.0}) == -4.0

@@ -116,3 +116,21 @@ def test_strd_scores_are_probabilities_and_drop_whole_tokens_in_training_only():
     mask = model.make_mask(1, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x, mask=mask).loss, model(x, mask=mask).loss)  # no dropout in eval mode
+
+
+def test_voxel_zscore_pretraining_reconstructs_the_standardised_clip():
+    """With ``voxel_zscore`` the target is the z-scored clip: the loss ignores a voxel's static intensity and
+    scale, and ``loss_on_background=False`` still finds the background (0 once z-scored)."""
+    model = small_storm(voxel_zscore=True)
+    x = torch.randn(1, 1, 32, 32, 32, 8)
+    x[:, :, :16] = -3.0  # half the volume is background
+    mask = model.make_mask(1, 8, generator=torch.Generator().manual_seed(2))
+    anatomy, gain = 4.0 * torch.rand(1, 1, 32, 32, 32, 1), 0.5 + torch.rand(1, 1, 32, 32, 32, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mask=mask).loss, model(x * gain + anatomy, mask=mask).loss,
+                                   rtol=1e-4, atol=1e-5)
+    target = model.encoder.patch_embed.patchify(model.encoder.standardise(x))
+    wrong_background = torch.where(model.encoder.patch_embed.patchify(x == -3.0), 1.0, target)
+    assert model.loss(model.encoder.standardise(x), wrong_background, mask) > 0
+    brain_only = small_storm(voxel_zscore=True, loss_on_background=False)
+    assert brain_only.loss(brain_only.encoder.standardise(x), wrong_background, mask) == 0

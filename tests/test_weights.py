@@ -55,6 +55,12 @@ def test_encoder_comes_out_of_a_pretraining_folder_and_prompts_survive(tmp_path)
     save_pretrained(storm, tmp_path / "mae")
     encoder = load_encoder(tmp_path / "mae")
     assert torch.equal(encoder.patch_embed.fc.weight, storm.encoder.patch_embed.fc.weight)
+    # settings of the encoder that touch no weight can be overridden on a pretraining folder too
+    changed = load_encoder(tmp_path / "mae", backend="reference", voxel_zscore=True)
+    assert changed.config.backend == "reference" and changed.config.voxel_zscore
+    assert torch.equal(changed.patch_embed.fc.weight, encoder.patch_embed.fc.weight)
+    with pytest.raises(ValueError, match="unknown encoder settings"):
+        load_encoder(tmp_path / "mae", no_such_setting=1)
     add_prompts(encoder, 3)
     save_pretrained(encoder, tmp_path / "prompted")
     again = load_pretrained(tmp_path / "prompted")

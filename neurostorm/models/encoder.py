@@ -56,6 +56,7 @@ class NeuroSTORMConfig:
     strd: bool = False  # spatiotemporal redundancy dropout in every block (pretraining)
     checkpoint_blocks: bool = False  # recompute block activations in the backward pass (saves memory)
     backend: Backend = "auto"  # selective scan: auto | torch (CPU numba) | triton | cuda (mamba_ssm) | reference
+    voxel_zscore: bool = False  # z-score each voxel over the clip's frames before embedding (the reference: off)
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "depths", "window", "first_window"):
@@ -104,6 +105,14 @@ class NeuroSTORMConfig:
         if unknown:
             raise ValueError(f"unknown encoder settings: {sorted(unknown)}")
         return cls(**values)
+
+
+def zscore_over_time(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, C, X, Y, Z, T) → each voxel's series minus its mean over the clip, divided by its standard deviation;
+    a voxel constant over the clip (the background fill) becomes 0. Applying it twice changes nothing."""
+    mean = x.mean(dim=5, keepdim=True)
+    sd = x.std(dim=5, keepdim=True, correction=0)
+    return torch.where(sd > eps, (x - mean) / sd.clamp(min=eps), torch.zeros_like(x))
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -246,10 +255,15 @@ class NeuroSTORM(nn.Module):
         if t > c.frames or t % wt:
             raise ValueError(f"clip of {t} frames: the model takes up to {c.frames} frames in multiples of {wt}")
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip the patch embedding reads: with ``voxel_zscore`` each voxel z-scored over the clip's frames
+        (what is left is how it fluctuates, not the anatomy every clip shares); else the clip as stored."""
+        return zscore_over_time(x) if self.config.voxel_zscore else x
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z, T) → first-stage tokens (B, D, H, W, T, C) before positional tables."""
         self.check_input(x)
-        return self.patch_embed(x)
+        return self.patch_embed(self.standardise(x))
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run every stage on embedded tokens: (B, D, H, W, T, C) → (B, d, h, w, T, out_dim)."""

@@ -4,7 +4,8 @@ Patch-embedded tokens at masked positions are replaced by learned mask tokens (o
 a 4×4×4×4 window: a (256, C) table), the full grid goes through the encoder (positional tables are added
 after masking), and a light decoder — the encoder in reverse, without skips or positional tables — maps
 the last-stage tokens back to voxels. The loss is the mean squared error over the voxels of masked
-tokens only.
+tokens only, against the clip the encoder reads (each voxel z-scored over the clip when the encoder's
+``voxel_zscore`` is on).
 
 Mask modes: ``window`` (whole windows, the default, ratio 0.5), ``random`` (single tokens) and ``tube``
 (a spatial position masked in every frame). Masks are drawn on the model's device from an optional
@@ -13,7 +14,7 @@ Mask modes: ``window`` (whole windows, the default, ratio 0.5), ``random`` (sing
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, NamedTuple
 
 import torch
@@ -34,7 +35,7 @@ class STORMConfig:
     mask_mode: MaskMode = "window"
     mask_ratio: float = 0.5
     decoder_depths: tuple[int, ...] | None = None  # blocks per decoder stage; default: encoder's, reversed
-    loss_on_background: bool = True  # False: voxels equal to the clip's background value carry no loss
+    loss_on_background: bool = True  # False: voxels constant over the clip (the background fill) carry no loss
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
@@ -51,6 +52,14 @@ class STORMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> STORMConfig:
+        """A saved configuration; a key of the encoder's configuration given at the top level (an override
+        such as ``backend`` or ``voxel_zscore``) goes to the encoder, an unknown key is a ValueError."""
+        own = {f.name for f in fields(cls)} - {"encoder"}
+        encoder = {**values.get("encoder", {}), **{k: v for k, v in values.items() if k not in own | {"encoder"}}}
+        return cls(encoder=NeuroSTORMConfig.from_dict(encoder), **{k: v for k, v in values.items() if k in own})
 
 
 class STORMOutput(NamedTuple):
@@ -133,8 +142,8 @@ class STORM(nn.Module):
         target = self.encoder.patch_embed.patchify(x)  # (B, D, H, W, T, P)
         weight = mask[..., None].to(patches.dtype)  # (B, D, H, W, T, 1)
         if not self.config.loss_on_background:
-            # background was filled with one constant, the clip's minimum, in every frame
-            background = (x == x.amin(dim=(1, 2, 3, 4, 5), keepdim=True)).all(dim=5, keepdim=True)
+            # the background holds one constant fill in every frame (0 once z-scored over the clip)
+            background = (x == x[..., :1]).all(dim=5, keepdim=True)
             weight = weight * self.encoder.patch_embed.patchify((~background).to(patches.dtype))
         squared = (patches - target) ** 2 * weight
         return squared.sum() / (weight.expand_as(squared).sum()).clamp(min=1.0)
@@ -148,6 +157,7 @@ class STORM(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> STORMOutput:
+        x = self.encoder.standardise(x)  # the target is the clip the encoder reads
         tokens = self.encoder.embed(x)  # (B, D, H, W, T, C)
         if mask is None:
             mask = self.make_mask(x.shape[0], x.shape[5], generator=generator, device=x.device)

@@ -41,6 +41,8 @@ def encoder_lines(encoder: NeuroSTORM) -> list[str]:
                      f"{layout.tokens_per_window} tokens, shift {layout.shift}")
     if c.prompt_tokens:
         lines.append(f"  prompts: {c.prompt_tokens} per block")
+    if c.voxel_zscore:
+        lines.append("  input: each voxel z-scored over the clip's frames (voxel_zscore)")
     return lines
 
 

@@ -33,7 +33,7 @@ from neurostorm.models.reference import check_against, check_model_name, encoder
 from neurostorm.models.storm import STORM, STORMConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
-ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, lambda d: STORMConfig(**d)),
+ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, STORMConfig.from_dict),
                  "SwiFT": (SwiFT, SwiFTConfig.from_dict),
                  **{cls.__name__: (cls, lambda d, c=config: c(**d)) for cls, config in
                     ((BrainNetCNN, BrainNetCNNConfig), (BNT, BNTConfig), (BrainGNN, BrainGNNConfig))}}

@@ -54,7 +54,7 @@ class PretrainModule(L.LightningModule):
         self.model, self.optim, self.steps_per_epoch, self.augment_clips = model, optim, steps_per_epoch, augment_clips
 
     def _input(self, batch: dict) -> torch.Tensor:
-        return fit_to_model(batch["x"], self.model.config.encoder.img_size)
+        return self.model.encoder.standardise(fit_to_model(batch["x"], self.model.config.encoder.img_size))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self._input(batch)
@@ -76,6 +76,20 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         return make_optimizer(self, self.optim, self.steps_per_epoch)
+
+
+TIE_BREAK = 1e-3  # weight of AUROC in a classifier's checkpoint score
+
+
+def checkpoint_score(kind: str, metrics: dict[str, float]) -> float:
+    """One number to pick the best checkpoint by, higher is better: −MSE for regression; for classification
+    balanced accuracy + 0.001 × AUROC, so that among checkpoints whose balanced accuracies tie (above all
+    those that decide every subject as one class, 0.5 for two classes) the one ranking the subjects best is
+    kept rather than the earliest."""
+    if kind == "regression":
+        return -metrics["mse"]
+    auroc = metrics.get("auroc", float("nan"))
+    return metrics["balanced_accuracy"] + (0.0 if np.isnan(auroc) else TIE_BREAK * auroc)
 
 
 def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Module) -> None:
@@ -165,9 +179,7 @@ class AdaptModule(L.LightningModule):
         subjects = np.concatenate([np.asarray(g[0]) for g in gathered])
         metrics = subject_metrics(self.kind, self.n_classes, subjects, np.concatenate([g[1] for g in gathered]),
                                   np.concatenate([g[2] for g in gathered]))
-        # one number to pick the best checkpoint by: higher is better
-        score = -metrics["mse"] if self.kind == "regression" else metrics["balanced_accuracy"]
-        self.log("val_score", score, prog_bar=True)
+        self.log("val_score", checkpoint_score(self.kind, metrics), prog_bar=True)
         for name, value in metrics.items():
             self.log(f"val_{name}", value)
 

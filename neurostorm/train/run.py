@@ -53,7 +53,8 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     model = build_named(name, **config.model.overrides)
     check_stores_fit([s.path for s in config.data.stores], model.config.encoder.img_size, name)
     data = PretrainClips(config, run_dir)
-    model.start_at_intensity(data.mean_intensity(model.config.encoder.img_size))  # a resumed run loads its own
+    encoder = model.config.encoder  # z-scored clips have mean 0; a resumed run loads its own bias
+    model.start_at_intensity(0.0 if encoder.voxel_zscore else data.mean_intensity(encoder.img_size))
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
     checkpoint = resume_path(run_dir, resume)
