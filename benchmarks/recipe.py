@@ -27,6 +27,7 @@ Prints the tables and writes ``recipe.md``, ``recipe_finetune.csv`` and ``recipe
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 import warnings
@@ -46,6 +47,7 @@ from neurostorm.train.run import finetune
 ZSCORE = "model.overrides={voxel_zscore: true}"
 INPUTS = {"as stored": [], "voxel z-scored": [ZSCORE]}  # pretraining overrides of each input
 LABELS = {"sex": ["task.label=sex"], "age": ["task.label=age", "task.kind=regression"]}
+METHODS = {"scratch": "full", "full fine-tuning": "full", "prompt tuning": "prompt"}  # name → mode
 CLIP = 20  # frames per clip, as the demo trains
 
 
@@ -80,12 +82,10 @@ def clip_fc_series(roi: Path, store: Store, length: int = CLIP) -> RunSeries:
 def finetune_runs(store: Path, models: dict[str, Path], out: Path, seeds: int, epochs: int) -> pd.DataFrame:
     """One row per (input, method, label, seed, epoch): validation metrics and training loss per epoch."""
     rows = []
-    for (input_name, model), (method, mode), (label, task), seed in [
-            (m, k, t, s) for m in models.items() for k in (("scratch", "full"), ("full fine-tuning", "full"),
-                                                            ("prompt tuning", "prompt"))
-            for t in LABELS.items() for s in range(seeds)]:
+    for i, ((input_name, model), (method, mode), (label, task), seed) in enumerate(
+            itertools.product(models.items(), METHODS.items(), LABELS.items(), range(seeds))):
         init = ["model.init=scratch", *INPUTS[input_name]] if method == "scratch" else [f"model.init={model}"]
-        folder = out / f"{len(rows)}"
+        folder = out / str(i)
         config = load_config("tiny", [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]",
                                       "trainer.progress=false", f"optim.epochs={epochs}", f"data.stores=[{store}]",
                                       f"mode={mode}", *init, *task])

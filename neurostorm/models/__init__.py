@@ -12,7 +12,7 @@ scikit-learn model on the upper triangle of FC. ``model_input(name)`` says which
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 
 from torch import nn
 
@@ -70,14 +70,9 @@ def _encoder(preset: str) -> Callable[..., NeuroSTORM]:
 
 
 def _storm(preset: str) -> Callable[..., STORM]:
-    storm_fields = {f.name for f in fields(STORMConfig)} - {"encoder"}
-
-    def build(**overrides) -> STORM:
-        storm = {k: overrides.pop(k) for k in list(overrides) if k in storm_fields}
-        encoder = replace(ENCODER_PRESETS[preset], **{"strd": True, **overrides})
-        return STORM(STORMConfig(encoder=encoder, **storm))
-
-    return build
+    """STORM around a preset encoder (STRD on); an override goes to STORM or to the encoder by its name."""
+    return lambda **overrides: STORM(STORMConfig.from_dict({"encoder": asdict(ENCODER_PRESETS[preset]),
+                                                            "strd": True, **overrides}))
 
 
 for _preset in ENCODER_PRESETS:

@@ -258,11 +258,11 @@ class NeuroSTORM(nn.Module):
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """The clip the patch embedding reads: with ``voxel_zscore`` each voxel z-scored over the clip's frames
         (what is left is how it fluctuates, not the anatomy every clip shares); else the clip as stored."""
+        self.check_input(x)
         return zscore_over_time(x) if self.config.voxel_zscore else x
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z, T) → first-stage tokens (B, D, H, W, T, C) before positional tables."""
-        self.check_input(x)
         return self.patch_embed(self.standardise(x))
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,7 @@ class STORM(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> STORMOutput:
         x = self.encoder.standardise(x)  # the target is the clip the encoder reads
-        tokens = self.encoder.embed(x)  # (B, D, H, W, T, C)
+        tokens = self.encoder.patch_embed(x)  # (B, D, H, W, T, C)
         if mask is None:
             mask = self.make_mask(x.shape[0], x.shape[5], generator=generator, device=x.device)
         latent = self.encoder.forward_tokens(self.apply_mask(tokens, mask))

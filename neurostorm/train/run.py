@@ -53,8 +53,8 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     model = build_named(name, **config.model.overrides)
     check_stores_fit([s.path for s in config.data.stores], model.config.encoder.img_size, name)
     data = PretrainClips(config, run_dir)
-    encoder = model.config.encoder  # z-scored clips have mean 0; a resumed run loads its own bias
-    model.start_at_intensity(0.0 if encoder.voxel_zscore else data.mean_intensity(encoder.img_size))
+    encoder_config = model.config.encoder  # z-scored clips have mean 0; a resumed run loads its own bias
+    model.start_at_intensity(0.0 if encoder_config.voxel_zscore else data.mean_intensity(encoder_config.img_size))
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
     checkpoint = resume_path(run_dir, resume)
