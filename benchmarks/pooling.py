@@ -33,7 +33,7 @@ from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.tasks.evaluation import metrics_with_ci, paired_difference, predictions_frame
-from neurostorm.train.config import load_config
+from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
 from neurostorm.train.run import cv_splits, pretrain
 
@@ -124,21 +124,31 @@ def evaluate_families(methods: dict[str, RunSeries], store: Store) -> pd.DataFra
     return pd.concat(tables, ignore_index=True)
 
 
-def demo_rest_store(out: Path, subjects: int = 48) -> Path:
-    """The default demo's resting cohort (2 runs of 24 frames at TR 2 s, 4 mm, three sites, seed 0),
-    preprocessed onto the 4 mm grid in OUT/store."""
-    simulate_cohort(out / "bids", CohortConfig(subjects=subjects, runs=2, n_frames=24, voxel_mm=4.0, seed=0))
-    runs = sorted((out / "bids").glob("sub-*/func/*task-rest*_bold.nii.gz"))
-    preprocess(runs, out / "store", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
-               labels=out / "bids" / "participants.tsv", progress=False)
-    return out / "store"
+def demo_rest_store(out: Path, subjects: int = 48, cohort: dict | None = None, fill_floor: float | None = None,
+                    name: str = "store") -> Path:
+    """The default demo's resting cohort (2 runs of 24 frames at TR 2 s, 4 mm, three sites, seed 0; other
+    ``CohortConfig`` settings in ``cohort``), preprocessed onto the 4 mm grid in OUT/NAME. The cohort is
+    simulated into OUT/bids (OUT/bids-<settings> with ``cohort``) unless it is already there."""
+    settings = cohort or {}
+    bids = out / "-".join(["bids", *(f"{k}{v}" for k, v in sorted(settings.items()))])
+    if not (bids / "participants.tsv").exists():
+        simulate_cohort(bids, CohortConfig(subjects=subjects, runs=2, n_frames=24, voxel_mm=4.0, seed=0, **settings))
+    runs = sorted(bids.glob("sub-*/func/*task-rest*_bold.nii.gz"))
+    preprocess(runs, out / name, PreprocessConfig(grid="mni152-fsl-4mm-48", fill_floor=fill_floor), workers=2,
+               labels=bids / "participants.tsv", progress=False)
+    return out / name
+
+
+def demo_pretraining(store: Path, *overrides: str) -> ExperimentConfig:
+    """The tiny model's STORM pretraining as the default demo runs it, on ``store``."""
+    return load_config("tiny", ["trainer.seed=0", "data.split_fractions=[0.6,0.2,0.2]", "optim.lr=3e-3",
+                                "optim.epochs=3", "trainer.progress=false",
+                                f"data.stores=[{{path: {store}, max_clips: 200}}]", *overrides])
 
 
 def pretrain_as_demo(store: Path, out: Path, *overrides: str) -> Path:
     """STORM pretraining of the tiny model as the default demo runs it; returns the model folder."""
-    pretrain(load_config("tiny", ["trainer.seed=0", "data.split_fractions=[0.6,0.2,0.2]", "optim.lr=3e-3",
-                                  "optim.epochs=3", "trainer.progress=false",
-                                  f"data.stores=[{{path: {store}, max_clips: 200}}]", *overrides]), out)
+    pretrain(demo_pretraining(store, *overrides), out)
     return out / "model"
 
 

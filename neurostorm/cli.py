@@ -25,10 +25,14 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         shard = None if args.shard is None else parse_shard(args.shard)
     except ValueError as err:
         raise InputError("--shard", str(err)) from None
-    chosen = {"tr": args.tr, "grid": args.grid, "normalization": args.normalization, "storage": args.storage}
+    chosen = {"tr": args.tr, "grid": args.grid, "normalization": args.normalization, "storage": args.storage,
+              "fill_floor": args.fill_floor}
     if args.like:
         chosen.update(_preprocessing_of_model(args.like, chosen))
-    config = PreprocessConfig(**chosen, input_tr=args.input_tr, min_frames=args.min_frames, non_mni=args.non_mni)
+    try:
+        config = PreprocessConfig(**chosen, input_tr=args.input_tr, min_frames=args.min_frames, non_mni=args.non_mni)
+    except ValueError as err:
+        raise InputError("neurostorm preprocess", str(err)) from None
     result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
                         labels_policy=args.labels_policy, progress=not args.quiet,
                         participants=args.participant_label, sessions=args.session_label, tasks=args.task_label,
@@ -44,7 +48,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _preprocessing_of_model(model: str, chosen: dict) -> dict:
-    """The grid, TR, normalisation and storage recorded with a model's weights; an option given on the
+    """The grid, TR, normalisation, fill floor and storage recorded with a model's weights; an option given on the
     command line that contradicts them is refused."""
     from neurostorm.data.preprocess import PreprocessConfig
     from neurostorm.models.weights import expected_preprocessing
@@ -53,7 +57,7 @@ def _preprocessing_of_model(model: str, chosen: dict) -> dict:
     if not params:
         raise InputError(model, "records no preprocessing to follow (weights saved outside a training run)")
     defaults = PreprocessConfig()
-    clash = [f"--{k} {chosen[k]} (the model's: {v})" for k, v in params.items()
+    clash = [f"--{k.replace('_', '-')} {chosen[k]} (the model's: {v})" for k, v in params.items()
              if chosen[k] != getattr(defaults, k) and chosen[k] != v]
     if clash:
         raise InputError(model, "--like contradicted by " + ", ".join(clash))
@@ -102,11 +106,14 @@ def _cmd_store(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from neurostorm.data.simulate import CohortConfig, simulate_cohort
 
-    config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames,
-                          task_frames=args.task_frames, tr=args.tr, voxel_mm=args.voxel_mm,
-                          orientation=args.orientation, sites=args.sites,
-                          task_runs=args.task_runs, stimulus_runs=args.stimulus_runs, n_images=args.images,
-                          seed=args.seed)
+    try:
+        config = CohortConfig(subjects=args.subjects, runs=args.runs, n_frames=args.frames,
+                              task_frames=args.task_frames, tr=args.tr, voxel_mm=args.voxel_mm,
+                              orientation=args.orientation, sites=args.sites,
+                              task_runs=args.task_runs, stimulus_runs=args.stimulus_runs, n_images=args.images,
+                              contrast=args.contrast, dropout=args.dropout, seed=args.seed)
+    except ValueError as err:
+        raise InputError("--contrast/--dropout", str(err)) from None
     participants = simulate_cohort(args.out, config)
     print(f"{args.out}: {len(participants)} subjects at {args.sites} site(s); per subject {args.runs} resting, "
           f"{args.task_runs} task and {args.stimulus_runs} stimulus run(s); {args.frames} resting / "
@@ -281,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="target grid: the 2 mm one of the released weights, or 4 mm (48³) for small CPU models")
     pre.add_argument("--normalization", choices=("zscore", "minmax"), default="zscore",
                      help="per-run normalisation over brain voxels and all frames")
+    pre.add_argument("--fill-floor", type=float, default=None, metavar="Z",
+                     help="bound the background fill and clip brain values at this z (e.g. -3); default: the "
+                          "reference's fill, the run's minimum normalised brain value however low")
     pre.add_argument("--storage", choices=("int8", "float16"), default="int8",
                      help="stored value type (int8 uses a per-frame scale)")
     pre.add_argument("--min-frames", type=int, default=20, help="refuse runs shorter than this (one clip)")
@@ -320,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--voxel-mm", type=float, default=2.0, help="voxel size of the written runs")
     sim.add_argument("--orientation", choices=("RAS", "LAS"), default="RAS",
                      help="voxel order: RAS as fMRIPrep writes, LAS as FSL")
+    sim.add_argument("--contrast", type=float, default=0.4,
+                     help="baseline intensity ∝ (1 − contrast) + contrast × grey-matter fraction (0 to <1)")
+    sim.add_argument("--dropout", type=float, default=0.0,
+                     help="susceptibility signal loss in orbitofrontal and temporal-pole voxels (0 to <1)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort)")
 
     add("atlases", "list the atlases available offline", _cmd_atlases)

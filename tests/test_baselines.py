@@ -96,6 +96,17 @@ def test_bnt_clustering_loss_is_finite_and_falls_as_assignments_sharpen():
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses[::10]
 
 
+def test_bnt_clustering_loss_stays_finite_when_a_cluster_is_chosen_by_no_node():
+    """Hard assignments (large projections) can leave a cluster empty; DEC's target divides by each
+    cluster's total, which must not turn 0 / 0 into NaN in the loss or its gradient."""
+    logits = torch.tensor([[30.0, 0.0, -30.0], [25.0, 1.0, -40.0], [0.0, 28.0, -35.0]], requires_grad=True)
+    assignment = torch.softmax(logits, dim=-1)[None]  # (1, 3 nodes, 3 clusters); cluster 3 gets ~0
+    assignment = torch.where(assignment < 1e-20, torch.zeros_like(assignment), assignment)  # underflow, exactly
+    loss = clustering_loss(assignment)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
 def ragconv_by_hand(conv, x, edges, rois):
     """Node i: mean over j in N(i) ∪ {i} of softmax_j(e_ij, self-loop 1) · W_{roi_j} x_j, plus the bias."""
     theta1, theta2 = conv.theta1.weight.double(), conv.theta2

@@ -111,3 +111,25 @@ def test_preprocess_like_a_model_uses_the_preprocessing_saved_with_its_weights(c
                  "--tr", "2.0", "--normalization", "minmax"]) == 2
     assert "--like contradicted by --tr 2.0 (the model's: 1.6)" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_fill_floor_is_checked_and_followed_by_like(cohort, tmp_path, capsys):
+    import json
+
+    from neurostorm import build_model, save_pretrained
+    from neurostorm.data.store import Store
+
+    run = str(sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[0])
+    assert main(["preprocess", run, "--out", str(tmp_path / "bad"), "--fill-floor", "1", "--quiet"]) == 2
+    assert "fill_floor must be a negative z value" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    grid = {"name": "mni152-fsl-4mm-48", "shape": [48, 48, 48]}
+    floored = {"grid": grid, "params": {"tr": 0.8, "normalization": "zscore", "storage": "int8", "fill_floor": -3.0}}
+    model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "floored", preprocessing=floored)
+    assert main(["preprocess", run, "--out", str(tmp_path / "store"), "--like", str(model), "--quiet"]) == 0
+    assert json.loads(Store(tmp_path / "store").manifest["params"].iloc[0])["fill_floor"] == -3.0
+    reference = {"grid": grid, "params": {"tr": 0.8, "normalization": "zscore", "storage": "int8"}}
+    model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "ref", preprocessing=reference)
+    assert main(["preprocess", run, "--out", str(tmp_path / "other"), "--like", str(model),
+                 "--fill-floor", "-3"]) == 2
+    assert "--like contradicted by --fill-floor -3.0 (the model's: None)" in capsys.readouterr().err

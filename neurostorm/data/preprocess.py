@@ -8,7 +8,8 @@ Per run, streaming frames so memory stays bounded whatever the run length:
 4. pass 1 accumulates per-voxel sums to get the brain mask (given file, else non-zero voxels), the global
    mean/std (or min/max) over brain voxels and all frames, and checks the run is whole-brain MNI;
 5. pass 2 repeats 1–3, normalises (z-score over brain voxels, background filled with the minimum of the
-   normalised brain values), quantises and writes each frame (:class:`neurostorm.data.store.RunWriter`).
+   normalised brain values, or with ``fill_floor`` where that minimum lies below it and brain values below
+   it clipped to it), quantises and writes each frame (:class:`neurostorm.data.store.RunWriter`).
 
 Every run's normalisation statistics and parameters go to the manifest, so users of pretrained weights
 can reproduce exactly the input the weights expect.
@@ -56,6 +57,7 @@ class PreprocessConfig:
     input_tr: float | None = None  # override the source TR (when headers and sidecars lack it)
     grid: str = "mni152-fsl-2mm-96"
     normalization: str = "zscore"  # "zscore" or "minmax", over brain voxels and all frames
+    fill_floor: float | None = None  # z; None: the reference (background at the brain minimum, however low)
     storage: str = "int8"  # "int8" (per-frame symmetric scale) or "float16"
     min_frames: int = 20  # a run shorter than this after resampling is refused (one clip)
     non_mni: str = "error"  # "error" or "warn" when the data does not look like whole-brain MNI
@@ -74,10 +76,14 @@ class PreprocessConfig:
             raise ValueError(f"unknown grid {self.grid!r}; known: {sorted(GRIDS)}")
         if self.tr is not None and self.tr <= 0:
             raise ValueError(f"target TR must be positive, got {self.tr}")
+        if self.fill_floor is not None and not (self.normalization == "zscore" and -1e6 < self.fill_floor < 0):
+            raise ValueError(f"fill_floor must be a negative z value with zscore normalisation, got {self.fill_floor}")
 
     def recorded(self) -> dict:
         params = asdict(self)
         params.pop("block_frames")
+        if self.fill_floor is None:  # stores written before the setting existed stay up to date
+            params.pop("fill_floor")
         return params
 
 
@@ -240,12 +246,14 @@ class Normalisation:
     std: float
     brain_min: float
     brain_max: float
-    offset: float  # normalised = (value - offset) / divisor inside the mask, fill outside
+    offset: float  # normalised = max((value - offset) / divisor, floor) inside the mask, fill outside
     divisor: float
     fill: float
+    floor: float  # -inf without a fill_floor
 
     def apply(self, frame: np.ndarray) -> np.ndarray:
-        return np.where(self.mask, (frame - self.offset) / self.divisor, self.fill).astype(np.float32)
+        normed = np.maximum((frame - self.offset) / self.divisor, self.floor)
+        return np.where(self.mask, normed, self.fill).astype(np.float32)
 
 
 def measure(run: _Run) -> Normalisation:
@@ -275,8 +283,9 @@ def measure(run: _Run) -> Normalisation:
     if temporal_std <= 1e-6 * max(abs(mean), 1.0):  # the std over all brain values is never smaller
         raise InputError(run.source.path, "zero variance over time in the brain voxels (constant image)")
     offset, divisor = (mean, std) if run.config.normalization == "zscore" else (brain_min, brain_max - brain_min)
+    floor = -np.inf if run.config.fill_floor is None else run.config.fill_floor
     return Normalisation(mask, mask_source, overlap, coverage, mean, std, brain_min, brain_max, offset, divisor,
-                         (brain_min - offset) / divisor)
+                         max((brain_min - offset) / divisor, floor), floor)
 
 
 def quantise(normed: np.ndarray, storage: str) -> tuple[np.ndarray, float | None, np.ndarray]:

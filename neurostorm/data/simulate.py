@@ -6,9 +6,11 @@ subject-specific covariance in which age, sex, a diagnosis and a continuous phen
 couplings and amplitudes; they are convolved with a canonical HRF and placed on Gaussian blobs in grey
 matter. On top: slow drift, thermal noise, respiratory and cardiac fluctuations (aliased at the TR,
 strongest outside grey matter), occasional motion spikes, and per-site scanner intensity, bias field
-and noise level. Besides resting runs, optional task runs (blocks of three conditions, each with its own
-activation map, and a BIDS ``events.tsv``) and stimulus runs (images whose random embedding vectors drive
-voxels through one fixed linear encoding map; the embeddings are written to ``stimuli.npz``).
+and noise level. Optionally, susceptibility dropout: gradient-echo EPI loses signal where tissue meets air
+(orbitofrontal cortex, inferior temporal lobes), so the brain mask holds voxels far darker than the rest.
+Besides resting runs, optional task runs (blocks of three conditions, each with its own activation map,
+and a BIDS ``events.tsv``) and stimulus runs (images whose random embedding vectors drive voxels through one
+fixed linear encoding map; the embeddings are written to ``stimuli.npz``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MNI_BOX_MM = ((-96.0, 96.0), (-132.0, 96.0), (-78.0, 114.0))  # the field of vie
 DIAGNOSES = ("CN", "MDD", "SZ")
 CONDITIONS = {"faces": [(40, -52, -18), (-40, -52, -18)], "houses": [(28, -44, -8), (-28, -44, -8)],
               "tools": [(-48, -64, -4), (-30, -40, 50)]}  # activation peaks (MNI mm) of the task conditions
+DROPOUT_CENTRES = [(0, 36, -24), (-40, 0, -38), (40, 0, -38)]  # orbitofrontal, left/right temporal pole (MNI mm)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,14 @@ class CohortConfig:
     embedding_dim: int = 32
     physio: bool = True  # respiratory and cardiac fluctuations
     spike_rate: float = 0.01  # share of frames hit by a motion spike
+    contrast: float = 0.4  # baseline intensity ∝ (1 − contrast) + contrast × grey-matter fraction
+    dropout: float = 0.0  # susceptibility signal loss at its centres (0: none; 0.95 leaves 5 % of the signal)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("contrast", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def output_grid(voxel_mm: float, orientation: str) -> Grid:
@@ -209,7 +219,9 @@ def simulate_cohort(out: str | Path, config: CohortConfig | None = None) -> pd.D
     gm_brain = gm[brain]
     hrf = canonical_hrf(config.tr)
     edge = brain & ~ndimage.binary_erosion(brain)  # where head motion shows most
-    shared = _Shared(maps=maps, hrf=hrf, baseline=1000.0 * (0.6 + 0.4 * gm_brain), gm=gm_brain,
+    signal_left = (1.0 - config.dropout * np.minimum(2.0 * _blobs(world, DROPOUT_CENTRES, 4.0), 1.0)).astype(np.float32)
+    baseline = 1000.0 * (1.0 - config.contrast + config.contrast * gm_brain) * signal_left
+    shared = _Shared(maps=maps, hrf=hrf, baseline=baseline, gm=gm_brain,
                      edge=edge[brain].astype(np.float64))
     participants = participants_table(config, rng)
     scanners = {site: _Scanner.draw(world, rng) for site in sorted(participants["site"].unique())}

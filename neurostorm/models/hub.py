@@ -65,7 +65,7 @@ def model_card(config: dict) -> str:
         if key == "grid" and isinstance(value, dict):
             lines.append(f"- grid: {value.get('name')} ({' × '.join(map(str, value.get('shape', [])))} voxels)")
         elif key == "params" and isinstance(value, dict):
-            lines += [f"- {k}: {v}" for k, v in value.items() if k in ("tr", "normalization", "storage")]
+            lines += [f"- {k}: {v}" for k, v in value.items() if k in ("tr", "normalization", "fill_floor", "storage")]
         elif not isinstance(value, (dict, list)):
             lines.append(f"- {key}: {value}")
     if not preprocessing:

@@ -96,9 +96,13 @@ def pretrained_folder(name_or_path: str | Path) -> Path:
 
 def expected_preprocessing(name_or_path: str | Path) -> dict:
     """The preprocessing settings a pretrained folder or Hub id records, as ``PreprocessConfig`` fields:
-    ``grid``, ``tr``, ``normalization``, ``storage`` (those it holds; {} for weights saved outside a run)."""
+    ``grid``, ``tr``, ``normalization``, ``storage``, ``fill_floor`` (those it holds; {} for weights saved outside
+    a run)."""
     recorded = read_pretrained_config(pretrained_folder(name_or_path)).get("preprocessing") or {}
-    settings = {k: v for k, v in recorded.get("params", {}).items() if k in ("tr", "grid", "normalization", "storage")}
+    followed = ("tr", "grid", "normalization", "storage", "fill_floor")
+    settings = {k: v for k, v in recorded.get("params", {}).items() if k in followed}
+    if settings:
+        settings.setdefault("fill_floor", None)  # recorded only when set
     if isinstance(recorded.get("grid"), dict):
         settings["grid"] = recorded["grid"]["name"]
     return settings

@@ -83,7 +83,7 @@ class OCRead(nn.Module):
 def clustering_loss(assignment: torch.Tensor) -> torch.Tensor:
     """DEC's KL(T ‖ P) over all (graph, node) rows of a (B, n, K) assignment, T the sharpened target."""
     p = assignment.reshape(-1, assignment.shape[-1])
-    target = p.square() / p.sum(dim=0)
+    target = p.square() / p.sum(dim=0).clamp_min(1e-10)  # a cluster no node chose would give 0 / 0
     target = (target / target.sum(dim=1, keepdim=True)).detach()
     return F.kl_div(p.clamp_min(1e-10).log(), target, reduction="batchmean")
 
