@@ -6,7 +6,8 @@ the clips as stored (the reference's input: the whole brain z-normalised by one 
 keeps its anatomical intensity) and with each voxel z-scored over the clip's frames (``voxel_zscore``). Then:
 
 1. **Embedding spread** — each pretrained encoder's pooled embeddings of every clip: the mean magnitude of a
-   dimension against its spread across clips and across subjects. A head reads only the spread.
+   dimension against its spread across clips and across subjects, and the share of the subjects' spread
+   that lies between sites. A head reads only the spread.
 2. **Where the label is** — linear models on validation subjects (5 folds by subject): FC of whole runs, the
    mean over a run of the FC of its 20-frame clips (what a clip model with averaged outputs could reach), and
    the frozen encoders' mean-pooled embeddings.
@@ -51,14 +52,19 @@ METHODS = {"scratch": "full", "full fine-tuning": "full", "prompt tuning": "prom
 CLIP = 20  # frames per clip, as the demo trains
 
 
-def embedding_spread(series: RunSeries) -> dict[str, float]:
+def embedding_spread(series: RunSeries, site_of: pd.Series) -> dict[str, float]:
     """Mean |value| of an embedding dimension against its standard deviation across clips and across
-    subjects' mean embeddings (averaged over dimensions)."""
+    subjects' mean embeddings (averaged over dimensions), and the share of the subjects' spread (sum of
+    squares about the mean, over dimensions) that lies between their sites (``site_of``: subject → site)."""
     clips = np.concatenate(series.clips)  # (N clips, D)
-    subjects = pd.DataFrame(np.concatenate([c.mean(0, keepdims=True) for c in series.clips]))
-    by_subject = subjects.groupby(np.array(series.subjects)).mean().to_numpy()
+    runs = pd.DataFrame(np.concatenate([c.mean(0, keepdims=True) for c in series.clips]))
+    by_subject = runs.groupby(np.array(series.subjects)).mean()  # (S, D)
+    centred = by_subject - by_subject.mean()
+    site_means = centred.groupby(site_of.loc[by_subject.index].to_numpy()).transform("mean")
     return {"mean |value|": float(np.abs(clips).mean()), "sd across clips": float(clips.std(0).mean()),
-            "sd across subjects": float(by_subject.std(0).mean())}
+            "sd across subjects": float(by_subject.to_numpy().std(0).mean()),
+            "share of the subjects' spread between sites": float((site_means**2).to_numpy().sum()
+                                                                 / (centred**2).to_numpy().sum())}
 
 
 def clip_fc_series(roi: Path, store: Store, length: int = CLIP) -> RunSeries:
@@ -134,7 +140,8 @@ def main() -> None:
                   for i, (name, overrides) in enumerate(INPUTS.items())}
         series = {name: run_series(load_encoder(model), store, store.manifest, length=CLIP)
                   for name, model in models.items()}
-        spread = {name: embedding_spread(s) for name, s in series.items()}
+        site_of = store.manifest.astype({"subject": str}).drop_duplicates("subject").set_index("subject")["site"]
+        spread = {name: embedding_spread(s, site_of) for name, s in series.items()}
         extract_rois(str(store_path), "power264", out / "roi", progress=False)
         information = evaluate_families({"FC + linear": _fc_series(out / "roi", store),
                                          "FC of 20-frame clips mean": clip_fc_series(out / "roi", store),

@@ -45,6 +45,8 @@ def test_discover_fmriprep_derivatives(cohort):
     assert source.template == "MNI152NLin2009cAsym"
     assert source.mask_path is not None and "desc-brain_mask" in source.mask_path.name
     assert source.sidecar["RepetitionTime"] == 2.0
+    # one subject's folder (no dataset_description.json, no sub-* inside) is read the same way
+    assert [s.run_id for s in discover([cohort / "sub-02"])] == ["sub-02_task-rest_run-1"]
 
 
 def test_sidecar_inheritance_from_dataset_root(tmp_path):

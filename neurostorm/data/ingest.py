@@ -145,8 +145,9 @@ def _source_from_file(path: Path, root: Path | None) -> RunSource:
 def discover(inputs: list[str | Path]) -> list[RunSource]:
     """Runs found in ``inputs``: NIfTI files, plain folders of NIfTI files, or BIDS(-derivatives) folders.
 
-    In a BIDS folder (one with ``dataset_description.json`` or ``sub-*`` folders) only ``*_bold.nii[.gz]``
-    files count, and of fMRIPrep derivatives only ``space-MNI152*`` ``desc-preproc`` runs.
+    In a BIDS folder (one with ``dataset_description.json`` or ``sub-*`` folders, or any folder holding a
+    BIDS bold run, such as one subject's folder) only ``*_bold.nii[.gz]`` files count, and of fMRIPrep
+    derivatives only ``space-MNI152*`` ``desc-preproc`` runs: masks and other images beside them are skipped.
     """
     sources: list[RunSource] = []
     for item in map(Path, inputs):
@@ -157,10 +158,10 @@ def discover(inputs: list[str | Path]) -> list[RunSource]:
                 raise InputError(item, "not a NIfTI file (.nii or .nii.gz)")
             sources.append(_source_from_file(item, None))
             continue
-        is_bids = (item / "dataset_description.json").exists() or any(item.glob("sub-*"))
         files = sorted(p for ext in NIFTI_SUFFIXES for p in item.rglob(f"*{ext}"))
-        if is_bids:
-            files = [p for p in files if _is_bids_bold(*parse_entities(p))]
+        bold = [p for p in files if _is_bids_bold(*parse_entities(p))]
+        if bold or (item / "dataset_description.json").exists() or any(item.glob("sub-*")):
+            files = bold
         if not files:
             raise InputError(item, "no fMRI runs found (looked for *_bold.nii[.gz] or *.nii[.gz])")
         sources.extend(_source_from_file(p, item) for p in files)
