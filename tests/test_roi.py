@@ -17,6 +17,8 @@ def test_roi_command_writes_timeseries_and_fc(store, tmp_path, capsys):
     assert main(["roi", str(store), "--atlas", "power264", "--out", str(out), "--partial", "--quiet"]) == 0
     assert "264 ROIs" in capsys.readouterr().out
     assert (out / "fc_mean.png").stat().st_size > 10_000
+    assert len((out / "rois.tsv").read_text().splitlines()) == 265  # header + one row per ROI
+    assert not [p.name for p in out.rglob(".*") if p.is_file()]  # every write renamed into place, none left
     fc = np.load(out / "fc.npz")
     n_runs = len(fc["run_id"])
     assert n_runs == 6 and fc["pearson"].shape == fc["fisher_z"].shape == fc["partial"].shape == (6, 264, 264)

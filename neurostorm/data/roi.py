@@ -15,7 +15,6 @@ time series and zero connectivity (a warning names how many).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -119,9 +118,8 @@ def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial:
     with TaskRunner(workers, dask) as runner:  # a cluster that cannot be reached fails before any write
         (out / "timeseries").mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "atlas.json", {"name": atlas.name, "source": atlas.source, "names": atlas.names})
-        table = atlas.table()
-        table.to_csv(out / "rois.tsv.tmp", sep="\t", index=False)
-        os.replace(out / "rois.tsv.tmp", out / "rois.tsv")
+        with replaced_atomically(out / "rois.tsv") as tmp:
+            atlas.table().to_csv(tmp, sep="\t", index=False)
         per_run: list[dict[str, np.ndarray]] = [{} for _ in run_ids]
         empty_counts = [0] * len(run_ids)
         tasks = [(store.location, run_id, atlas, partial, out) for run_id in run_ids]
