@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.pooling import _fc_series, demo_pretraining, demo_rest_store, evaluate_families, pretrain_as_demo
+from benchmarks.recipe import CLIP
 from neurostorm import load_encoder, load_pretrained
 from neurostorm.data.roi import extract_rois
 from neurostorm.data.store import Store
@@ -43,7 +44,6 @@ from neurostorm.train.pooling import run_series
 
 FMRIPREP_LIKE = {"contrast": 0.1, "dropout": 0.95}
 OBJECTIVES = {"every voxel": [], "brain voxels only": ["model.overrides={loss_on_background: false}"]}
-CLIP = 20  # frames per clip, as the demo trains
 
 
 @torch.no_grad()
