@@ -25,15 +25,14 @@ Prints the table and writes ``background.md`` and ``background.csv`` into OUT (t
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.common import study
 from benchmarks.pooling import _fc_series, demo_pretraining, demo_rest_store, evaluate_families, pretrain_as_demo
 from benchmarks.recipe import CLIP
 from neurostorm import load_encoder, load_pretrained
@@ -79,14 +78,11 @@ def arm_figures(store: Path, out: Path, objective: str, floor: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--floor", type=float, default=-3.0, help="fill floor (z) of the bounded arm")
-    parser.add_argument("--out", default=None, help="folder for the cohorts and runs (default: a temporary one)")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--floor", type=float, default=-3.0, help="fill floor (z) of the bounded arm")
+
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(args.out or scratch)
+    with study(__doc__, options) as (args, out, destination):
         stores = {"demo cohort, reference fill": demo_rest_store(out, name="store-demo"),
                   "fMRIPrep-like, reference fill": demo_rest_store(out, cohort=FMRIPREP_LIKE, name="store-reference"),
                   f"fMRIPrep-like, fill floor {args.floor:g}": demo_rest_store(
@@ -109,11 +105,9 @@ def main() -> None:
             by_method = scores.set_index("method")["validation"]
             table[f"probe {family}"] = [float("nan"), *(by_method[f"{k} mean"] for k in range(len(rows) - 1))]
         text = markdown(table, probes)
-        destination = Path(args.out) if args.out else Path(".")
         (destination / "background.md").write_text(text + "\n")
         table.to_csv(destination / "background.csv", index=False)
         print(text)
-        print(f"\n{time.perf_counter() - started:.0f} s")
 
 
 def markdown(table: pd.DataFrame, probes: pd.DataFrame) -> str:

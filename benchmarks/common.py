@@ -1,4 +1,5 @@
-"""What every benchmark shares: timing, memory, child processes and the record format.
+"""What every benchmark shares: timing, memory, child processes and the record format; the command line of
+the studies (``recipe``, ``pooling``, ``background``, ``strd``: :func:`study`).
 
 Each measurement runs in a fresh child process (``python -m benchmarks --child [SUITE, FUNCTION, ARGS...]``) so that its
 peak RSS is its own. A record is a dict with ``name``, ``shape``, ``seconds`` (median of repeats after one
@@ -9,13 +10,18 @@ times slower than our fused scan a scan is; achieved over measured matmul GFLOP/
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def rss_mib() -> float:
@@ -59,3 +65,42 @@ def run_child(suite: str, function: str, *args) -> dict:
 def with_ratio(result: dict, reference: dict, meaning: str) -> dict:
     """``result`` with ``ratio`` = its seconds / the reference's seconds, and what that ratio means."""
     return {**result, "ratio": result["seconds"] / reference["seconds"], "ratio_means": meaning}
+
+
+def validation_by_epoch(run: Path):
+    """A fine-tuning run's ``logs/metrics.csv`` as one row per epoch (a DataFrame): ``epoch`` (from 1),
+    ``val_score``, ``val_balanced_accuracy``, ``val_auroc``, ``val_pearson_r`` (NaN where the task has none)
+    and the epoch's ``train_loss``."""
+    import pandas as pd
+
+    log = pd.read_csv(run / "logs" / "metrics.csv")
+    validated = log.dropna(subset=["val_score"]).reset_index(drop=True)
+    columns = ["val_score", "val_balanced_accuracy", "val_auroc", "val_pearson_r"]
+    table = validated.reindex(columns=columns).assign(epoch=validated.index + 1)
+    return table.assign(train_loss=log["train_loss_epoch"].dropna().to_numpy()[:len(table)])
+
+
+def seeds_and_epochs(epochs: int) -> Callable[[argparse.ArgumentParser], None]:
+    """The options of a fine-tuning study: ``--seeds`` (runs per arm, default 3) and ``--epochs``."""
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--seeds", type=int, default=3)
+        parser.add_argument("--epochs", type=int, default=epochs)
+    return options
+
+
+@contextmanager
+def study(doc: str, options: Callable[[argparse.ArgumentParser], object] = lambda parser: None
+          ) -> Iterator[tuple[argparse.Namespace, Path, Path]]:
+    """A study's command line (its ``options`` and ``--out``; the first line of ``doc`` as description):
+    yields (arguments, the folder for cohorts and runs — ``--out`` or a temporary one, removed after — and the
+    folder for its tables — ``--out`` or the current one); warnings are silenced and the wall time printed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    options(parser)
+    parser.add_argument("--out", default=None, help="folder for cohorts, runs and tables (default: a temporary "
+                                                    "one; tables go to the current folder)")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        yield args, Path(args.out or scratch), Path(args.out or ".")
+    print(f"\n{time.perf_counter() - started:.0f} s")

@@ -17,15 +17,13 @@ go to a temporary folder).
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.common import study
 from neurostorm import build_model, load_encoder
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.roi import extract_rois
@@ -153,14 +151,10 @@ def pretrain_as_demo(store: Path, out: Path, *overrides: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=48)
-    parser.add_argument("--out", default=None, help="folder for the cohort, runs and tables (default: a temporary one)")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(args.out or scratch)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--subjects", type=int, default=48)
+
+    with study(__doc__, options) as (args, out, destination):
         demo_rest_store(out, args.subjects)
         pretrain_as_demo(out / "store", out / "pretrain")
         extract_rois(str(out / "store"), "power264", out / "roi", progress=False)
@@ -173,14 +167,13 @@ def main() -> None:
             series = run_series(encoder, store, store.manifest, length=20)
             methods.update({f"{init} {pooling}": series for pooling in POOLINGS})
         table = evaluate_families(methods, store)
-        destination = Path(args.out) if args.out else Path(".")
         table.to_csv(destination / "pooling.csv", index=False)
         text = markdown(table)
         (destination / "pooling.md").write_text(text + "\n")
         print(text)
         best = table[table.method.str.startswith("pretrained")].groupby("method")["validation"].mean().idxmax()
         print(f"\nbest pretrained pooling by mean validation score over the four labels: {best.split(' ')[-1]}")
-        print(f"{args.subjects} subjects, {time.perf_counter() - started:.0f} s")
+        print(f"{args.subjects} subjects")
 
 
 def markdown(table: pd.DataFrame) -> str:

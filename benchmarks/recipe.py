@@ -27,16 +27,14 @@ Prints the tables and writes ``recipe.md``, ``recipe_finetune.csv`` and ``recipe
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import seeds_and_epochs, study, validation_by_epoch
 from benchmarks.pooling import _fc_series, demo_rest_store, evaluate_families, pretrain_as_demo
 from neurostorm import load_encoder
 from neurostorm.data.roi import extract_rois
@@ -97,14 +95,8 @@ def finetune_runs(store: Path, models: dict[str, Path], out: Path, seeds: int, e
                                       f"mode={mode}", *init, *task])
         start = time.perf_counter()
         finetune(config, folder)
-        log = pd.read_csv(folder / "logs" / "metrics.csv")
-        validated = log.dropna(subset=["val_score"]).reset_index(drop=True)
-        train_loss = log["train_loss_epoch"].dropna().reset_index(drop=True)
-        for epoch, val in validated.iterrows():
-            rows.append({"input": input_name, "method": method, "label": label, "seed": seed, "epoch": epoch + 1,
-                         "val_score": val["val_score"], "val_balanced_accuracy": val.get("val_balanced_accuracy"),
-                         "val_auroc": val.get("val_auroc"), "val_pearson_r": val.get("val_pearson_r"),
-                         "train_loss": train_loss[epoch], "seconds": time.perf_counter() - start})
+        rows += [{"input": input_name, "method": method, "label": label, "seed": seed, **epoch,
+                  "seconds": time.perf_counter() - start} for epoch in validation_by_epoch(folder).to_dict("records")]
         print(f"{input_name} {method} {label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     return pd.DataFrame(rows)
 
@@ -125,15 +117,7 @@ def at_best(runs: pd.DataFrame, epochs: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--out", default=None, help="folder for the cohort and runs (default: a temporary one)")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(args.out or scratch)
+    with study(__doc__, seeds_and_epochs(5)) as (args, out, destination):
         store_path = demo_rest_store(out)
         store = Store(store_path)
         models = {name: pretrain_as_demo(store_path, out / f"pretrain-{i}", *overrides)
@@ -149,12 +133,10 @@ def main() -> None:
         runs = finetune_runs(store_path, models, out / "finetune", args.seeds, args.epochs)
         objectives = objective_scores(out, store, models["as stored"])
         text = markdown(spread, information, runs, objectives, args.seeds, args.epochs)
-        destination = Path(args.out) if args.out else Path(".")
         (destination / "recipe.md").write_text(text + "\n")
         runs.to_csv(destination / "recipe_finetune.csv", index=False)
         objectives.to_csv(destination / "recipe_pretrain.csv", index=False)
         print(text)
-        print(f"\n{time.perf_counter() - started:.0f} s")
 
 
 def objective_scores(out: Path, store: Store, base_model: Path) -> pd.DataFrame:

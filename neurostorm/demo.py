@@ -8,8 +8,8 @@ baseline → ``report.md`` (a table per family with 95 % CIs, paired differences
 parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
 CLI run whose folder stays under OUT for inspection.
 
-The quick demo cross-validates the subject labels (3 folds, a site each) so every subject is tested once;
-the default demo adds a label-efficiency curve and a leave-site-out table (with and without ComBat) for age.
+The quick demo cross-validates every family (3 folds, a site each) so every subject is tested once; the
+default demo adds a label-efficiency curve and a leave-site-out table (with and without ComBat) for age.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epoc
                            methods=("scratch", "full fine-tuning", "FC + linear"), cv_folds=3),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
                              methods=tuple(METHODS), studies=True)}
-CROSS_VALIDATED = ("classification", "regression")  # subject labels: each subject tested once (task state has
-# many test clips per subject already)
+HEADS = ["head_standardise=true"]  # prompt tuning's head reads standardised embeddings (benchmarks/adaptation.py)
 STUDY = ("age", ["task.label=age", "task.kind=regression"])  # the family of the label-efficiency and site studies
 STUDY_METHODS = ("full fine-tuning", "linear probe", "FC + linear")
 CURVE_SIZES, CURVE_REPEATS = [8, 16, None], 2  # labelled training subjects (None: all of the split's)
@@ -68,7 +67,7 @@ FAMILIES = [  # (family, store, task overrides)
     ("diagnosis (3 classes)", "rest", ["task.label=diagnosis", "task.class_weights=true"]),
     ("task state", "objects", ["task.kind=task_state", "data.sequence_length=8"]),
     ("image retrieval", "images", ["task.kind=image_retrieval", "data.sequence_length=4"]),
-    ("re-identification", "rest", ["task.kind=reidentification"]),
+    ("re-identification", "rest", ["task.kind=reidentification", "data.sequence_length=8"]),
 ]
 STORES = {"rest": "*_task-rest_*_bold.nii.gz", "objects": "*_task-objects_*_bold.nii.gz",
           "images": "*_task-images_*_bold.nii.gz"}
@@ -79,12 +78,19 @@ def _stage(name: str, stages: dict[str, float], start: float) -> None:
     print(f"demo: {name} done in {stages[name]:.0f} s", flush=True)
 
 
+def demo_cohort(quick: bool = False, seed: int = 0, subjects: int | None = None) -> CohortConfig:
+    """The simulated cohort of the quick or default demo: two resting runs, a block-design and an image run
+    per subject, TR 2 s, 4 mm voxels, three sites."""
+    size = SIZES["quick" if quick else "default"]
+    return CohortConfig(subjects=subjects or size.subjects, runs=2, task_runs=1, stimulus_runs=1, n_images=8,
+                        n_frames=size.frames, task_frames=size.task_frames, voxel_mm=4.0, seed=seed)
+
+
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int | None = None) -> Path:
     """Run everything into ``out``; returns the path of ``report.md`` (``metrics.json`` beside it)."""
     out = Path(out)
     size = SIZES["quick" if quick else "default"]
-    cohort = CohortConfig(subjects=subjects or size.subjects, runs=2, task_runs=1, stimulus_runs=1, n_images=8,
-                          n_frames=size.frames, task_frames=size.task_frames, voxel_mm=4.0, seed=seed)
+    cohort = demo_cohort(quick, seed, subjects)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     bids = out / "bids"
@@ -110,12 +116,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     for family, store, task in FAMILIES:
         start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
-        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}",
+        folds = [f"data.cv_folds={size.cv_folds}"] if size.cv_folds else []
+        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *HEADS,
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
-        config = load_config("tiny", overrides)
-        if size.cv_folds and config.task.kind in CROSS_VALIDATED:
-            config = load_config("tiny", [*overrides, f"data.cv_folds={size.cv_folds}"])
+        config = load_config("tiny", [*overrides, *folds])
         table = compare(config, methods, folder)  # one progress bar per family
         kind = config.task.kind
         families[family] = {"kind": kind, "folder": str(folder), "table": table,
@@ -174,9 +179,9 @@ def _interval(d: dict) -> str:
 def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[str, float], pretrain: dict,
                  pretrain_command: str, studies: dict, cv_folds: int = 0) -> Path:
     """``report.md`` (tables, differences, figures, commands, wall times) and ``metrics.json``."""
-    protocol = (f"subject-label families are cross-validated in {cv_folds} folds (subjects of a site kept "
-                "together), so every subject is tested once and each value is computed on the pooled test "
-                "predictions; the other families use one subject split" if cv_folds else
+    protocol = (f"every family is cross-validated in {cv_folds} folds (subjects of a site kept together), so "
+                "every subject is tested once and each value is computed on the pooled test predictions (for "
+                "retrieval, the pooled queries, each ranked within its fold)" if cv_folds else
                 "all methods of a family share one subject split")
     lines = ["# neurostorm demo report", "",
              f"Simulated cohort of {cohort.subjects} subjects (`bids/participants.tsv` holds the ground truth), "

@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from neurostorm.cli import main
+from neurostorm.models.heads import Standardise
 from neurostorm.models.weights import load_encoder
+from neurostorm.tasks.compare import Method
 from neurostorm.train.config import load_config, parse_override
 
 
@@ -78,6 +82,39 @@ def test_prompt_tuning_runs_end_to_end(labelled_store, tmp_path):
     assert metrics["task"]["trainable_parameters"] == 4 * sum(16 * 2**i * 2 for i in range(4)) + 129
 
 
+def test_a_standardising_head_reads_embeddings_scaled_by_the_training_clips(labelled_store, tmp_path, capsys):
+    """``head_standardise``: fixed statistics of the training clips' embeddings, saved with the head and used
+    again by evaluate; refused where the encoder itself trains; a comparison passes it to frozen encoders only."""
+    run = tmp_path / "prompt"
+    metrics = run_cli("finetune", labelled_store, run, "task.label=sex", "mode=prompt", "prompt_tokens=2",
+                      "optim.epochs=1", "head_standardise=true")
+    assert json.loads((run / "model" / "task.json").read_text())["head_standardised"]
+    head = load_file(str(run / "model" / "head.safetensors"))
+    assert sorted(head) == ["fc.bias", "fc.weight", "scale.mean", "scale.sd"]
+    assert (head["scale.sd"] > 0).all() and torch.isfinite(head["scale.mean"]).all()
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    assert f"balanced_accuracy  {metrics['balanced_accuracy']['value']:.3f}" in capsys.readouterr().out
+
+    argv = ["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex",
+            "head_standardise=true", "--out", str(tmp_path / "full")]
+    assert main(argv) == 2 and not (tmp_path / "full").exists()
+    assert "head_standardise: a standardising head is for an encoder of clips adapted with its weights frozen" \
+        in capsys.readouterr().err
+    config = load_config("tiny", ["task.label=sex", "head_standardise=true"])
+    assert [Method.parse(spec).configure(config).head_standardise
+            for spec in ("neurostorm-tiny", "neurostorm-tiny:prompt", "neurostorm-tiny:lora", "neurostorm-tiny:probe",
+                         "fc-linear")] == [False, True, True, False, False]
+
+
+def test_standardise_fits_each_dimension_and_leaves_a_constant_one_unscaled():
+    scale = Standardise(3)
+    embeddings = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 2.0], [5.0, 5.0, 2.0]]) + torch.tensor([0.0, 0.0, 100.0])
+    scale.fit(embeddings)
+    assert torch.allclose(scale.mean, torch.tensor([3.0, 5.0, 102.0])) and torch.equal(scale.sd[1:], torch.ones(2))
+    assert torch.allclose(scale(embeddings)[:, 0], torch.tensor([-1.0, 0.0, 1.0]))
+
+
 def test_task_state_from_events_is_classified_per_clip(task_store, tmp_path):
     metrics = run_cli("finetune", task_store, tmp_path / "state", "task.kind=task_state", "data.sequence_length=8",
                       "data.split_fractions=[0.5,0.25,0.25]", "optim.epochs=6")
@@ -108,6 +145,26 @@ def test_subject_reidentification(retrieval_store, tmp_path, mode):
     assert metrics["rank1"]["value"] > metrics["chance"]["rank1"] and metrics["mAP"]["value"] > 0.5
     if mode == "full":  # the contrastively trained encoder is exported for later fine-tuning
         assert load_encoder(tmp_path / "reid" / "model").out_dim == 128
+
+
+@pytest.mark.parametrize("kind", ["reidentification", "image_retrieval"])
+def test_cross_validated_retrieval_scores_every_subjects_queries_once(retrieval_store, tmp_path, kind):
+    store, stimuli = retrieval_store
+    metrics = run_cli("finetune", store, tmp_path / kind, f"task.kind={kind}", f"task.stimuli={stimuli}",
+                      "data.sequence_length=4", "mode=probe", "data.cv_folds=2")
+    queries = pd.read_csv(tmp_path / kind / "queries.csv", dtype={"subject": str})
+    assert metrics["task"]["folds"] == 2 and metrics["n_subjects"] == 10 and queries["subject"].nunique() == 10
+    for k in range(2):  # each fold's queries were ranked among its own test subjects or stimuli only
+        fold = json.loads((tmp_path / kind / f"fold-{k}" / "metrics.json").read_text())
+        assert set(queries.loc[queries["fold"] == k, "subject"]) == \
+            set(json.loads((tmp_path / kind / f"fold-{k}" / "split.json").read_text())["test"])
+        assert fold["n_subjects"] == 5
+    if kind == "reidentification":  # one query run per subject, against the other 4 runs of its fold
+        assert metrics["n_queries"] == 10 and (queries["n_gallery"] == 5).all()
+        assert metrics["chance"]["rank1"] == pytest.approx(0.2) and metrics["rank1"]["value"] > 0.2
+    else:
+        assert metrics["n_images"] == 6 and metrics["chance"]["top1"] == pytest.approx(1 / 6)
+        assert metrics["top1"]["value"] > 1 / 6 and (tmp_path / kind / "figures" / "rank_histogram.png").exists()
 
 
 def test_diagnosis_three_classes_with_class_weights(labelled_store, tmp_path):

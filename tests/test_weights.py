@@ -67,6 +67,22 @@ def test_encoder_comes_out_of_a_pretraining_folder_and_prompts_survive(tmp_path)
     assert torch.equal(again.layers[0].blocks[1].prompt, encoder.layers[0].blocks[1].prompt)
 
 
+def test_an_encoder_taken_out_of_pretraining_drops_no_tokens_in_training_mode(tmp_path):
+    """STRD regularises pretraining only: the encoder of a STORM folder (which pretrains with it) has it off,
+    so a fine-tuning step sees the clip as evaluation does, unless a setting turns it back on."""
+    storm = build_model("neurostorm-mae-tiny", **SMALL)
+    assert all(b.use_strd for s in storm.encoder.layers for b in s.blocks)
+    save_pretrained(storm, tmp_path / "mae")
+    encoder = load_encoder(tmp_path / "mae")
+    assert not encoder.config.strd and not any(b.use_strd for s in encoder.layers for b in s.blocks)
+    x = torch.randn(2, 1, 48, 48, 48, 8)
+    with torch.no_grad():
+        assert torch.equal(encoder.train().encode(x), encoder.eval().encode(x))
+    assert load_encoder(tmp_path / "mae", strd=True).config.strd
+    save_pretrained(encoder, tmp_path / "encoder")  # an adapted encoder is saved as it trained
+    assert not json.loads((tmp_path / "encoder" / "config.json").read_text())["config"]["strd"]
+
+
 def test_damaged_weights_are_reported_with_the_file(tmp_path):
     save_pretrained(build_model("neurostorm-tiny", **SMALL), tmp_path / "w")
     (tmp_path / "w" / "model.safetensors").write_bytes(b"not a tensor file")

@@ -1,4 +1,4 @@
-"""Task heads on pooled encoder embeddings (B, D)."""
+"""Task heads on pooled encoder embeddings (B, D), optionally standardising them first."""
 
 from __future__ import annotations
 
@@ -7,18 +7,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ClassificationHead(nn.Module):
-    """(B, D) → logits: (B, 1) for two classes (use with BCE-with-logits), (B, K) for K > 2 classes."""
+class Standardise(nn.Module):
+    """(B, D) → (B, D): (x − mean) / sd per dimension, with fixed statistics (buffers, saved with the head) —
+    a linear probe's scaling, for a head whose encoder does not change under it."""
 
-    def __init__(self, dim: int, n_classes: int) -> None:
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("sd", torch.ones(dim))
+
+    def fit(self, embeddings: torch.Tensor) -> None:
+        """Statistics of (N, D) embeddings; a dimension that does not vary keeps sd 1."""
+        sd = embeddings.std(dim=0)
+        self.mean.copy_(embeddings.mean(dim=0))
+        self.sd.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return (embedding - self.mean) / self.sd
+
+
+class ClassificationHead(nn.Module):
+    """(B, D) → logits: (B, 1) for two classes (use with BCE-with-logits), (B, K) for K > 2 classes;
+    ``standardise``: the embedding is first standardised (:class:`Standardise`)."""
+
+    def __init__(self, dim: int, n_classes: int, standardise: bool = False) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.n_classes = n_classes
+        self.scale = Standardise(dim) if standardise else nn.Identity()
         self.fc = nn.Linear(dim, 1 if n_classes == 2 else n_classes)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.fc(embedding)
+        return self.fc(self.scale(embedding))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, n_classes) class probabilities: sigmoid for one logit, softmax for K."""
@@ -29,14 +50,15 @@ class ClassificationHead(nn.Module):
 
 
 class RegressionHead(nn.Module):
-    """(B, D) → (B, 1), trained on standardised targets."""
+    """(B, D) → (B, 1), trained on standardised targets; ``standardise`` as :class:`ClassificationHead`."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, standardise: bool = False) -> None:
         super().__init__()
+        self.scale = Standardise(dim) if standardise else nn.Identity()
         self.fc = nn.Linear(dim, 1)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.fc(embedding)
+        return self.fc(self.scale(embedding))
 
 
 class EmbeddingHead(nn.Module):

@@ -155,7 +155,12 @@ def load_pretrained(folder: str | Path, **overrides) -> nn.Module:
 
 
 def load_encoder(folder: str | Path, **overrides) -> NeuroSTORM:
-    """The encoder of a pretrained folder, whether it holds an encoder or a whole STORM model."""
+    """The encoder of a pretrained folder, whether it holds an encoder or a whole STORM model, to adapt or to
+    embed with: spatiotemporal redundancy dropout, a regulariser of pretraining only, is off unless
+    ``overrides`` turn it on (it would zero tokens of every training clip of a fine-tuning)."""
+    saved = read_pretrained_config(folder)["config"]
+    if "strd" in saved.get("encoder", saved):
+        overrides = {"strd": False, **overrides}
     model = load_pretrained(folder, **overrides)
     return model.encoder if isinstance(model, STORM) else model
 

@@ -1,15 +1,19 @@
 """Retrieval metrics: subject re-identification (Rank-1, mAP) and fMRI-to-image retrieval (top-k, recall@k).
 
-Similarities are cosine similarities of L2-normalised embeddings. Every metric carries a 95 % bootstrap CI
-from resampling queries (each query is one held-out subject's run, or one test clip), and the chance level
-of guessing is reported beside it.
+Similarities are cosine similarities of L2-normalised embeddings. Each query (one held-out subject's run,
+or one test clip) is scored on its own — a row of a query table — so that the queries of several
+cross-validation folds pool into one table. Every metric carries a 95 % bootstrap CI from resampling
+queries, and the chance level of a random ranking is reported beside it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from neurostorm.tasks.metrics import bootstrap
+
+TOP_K = (1, 5)  # image retrieval: top-k accuracies reported
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -17,47 +21,54 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def reidentification(query: np.ndarray, query_ids: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray,
-                     seed: int = 0) -> dict:
-    """Rank-1 and mean average precision of finding each query's subject in the gallery.
-
-    query (Q, D), gallery (G, D) embeddings, e.g. one per run; ``*_ids`` the subject of each row. Queries
-    whose subject is not in the gallery are skipped.
-    """
+def reidentification_queries(query: np.ndarray, query_ids: np.ndarray, gallery: np.ndarray,
+                             gallery_ids: np.ndarray) -> pd.DataFrame:
+    """One row per query whose subject is in the gallery: ``subject``, ``rank`` (1-based rank of the first run
+    of that subject), ``average_precision``, ``chance`` (the share of the gallery that is that subject, what a
+    random ranking scores on average) and ``n_gallery``. query (Q, D), gallery (G, D) embeddings, e.g. one
+    per run; ``*_ids`` the subject of each row."""
     query_ids, gallery_ids = np.asarray(query_ids).astype(str), np.asarray(gallery_ids).astype(str)
     keep = np.isin(query_ids, gallery_ids)
     similarity = normalise(query[keep]) @ normalise(gallery).T  # (Q, G)
     order = np.argsort(-similarity, axis=1, kind="stable")
     relevant = gallery_ids[order] == query_ids[keep][:, None]  # (Q, G) in rank order
-    rank1 = relevant[:, 0].astype(float)
-    hits = np.cumsum(relevant, axis=1)
-    precision = hits / np.arange(1, relevant.shape[1] + 1)
-    average_precision = (precision * relevant).sum(1) / relevant.sum(1)
-    result = bootstrap(lambda idx: {"rank1": float(rank1[idx].mean()), "mAP": float(average_precision[idx].mean())},
-                       len(rank1), seed=seed)
-    n_subjects = len(np.unique(gallery_ids))
-    share = float(relevant.sum(1).mean() / relevant.shape[1])  # what a random ranking scores, about
-    result["chance"] = {"rank1": share, "mAP": share}
-    result["n_queries"], result["n_gallery"], result["n_subjects"] = int(len(rank1)), int(len(gallery)), n_subjects
-    return result
+    precision = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
+    return pd.DataFrame({"subject": query_ids[keep], "rank": relevant.argmax(1) + 1,
+                         "average_precision": (precision * relevant).sum(1) / relevant.sum(1),
+                         "chance": relevant.sum(1) / relevant.shape[1], "n_gallery": len(gallery)})
 
 
-def image_retrieval(brain: np.ndarray, stimulus_of_clip: np.ndarray, images: np.ndarray,
-                    ks: tuple[int, ...] = (1, 5), seed: int = 0) -> dict:
-    """Top-k accuracy of finding each clip's stimulus among the candidate ``images`` (N, D).
-
-    brain (C, D) clip embeddings in the image space, ``stimulus_of_clip`` (C,) row indices into ``images``.
-    Top-k of a clip is 1 when its stimulus ranks within the first k of the N candidates (recall@k with one
-    relevant item); chance is k / N.
-    """
+def image_retrieval_queries(brain: np.ndarray, stimulus_of_clip: np.ndarray, images: np.ndarray) -> pd.DataFrame:
+    """One row per clip: ``rank`` (1-based) of its stimulus among the candidate ``images`` (N, D) and
+    ``n_candidates``. brain (C, D) clip embeddings in the image space, ``stimulus_of_clip`` (C,) row indices
+    into ``images``."""
     similarity = normalise(brain) @ normalise(images).T  # (C, N)
     true = similarity[np.arange(len(similarity)), stimulus_of_clip]
-    rank = (similarity > true[:, None]).sum(1)  # 0 = the right image is the most similar
-    n = images.shape[0]
-    ks = tuple(k for k in ks if k <= n)
-    result = bootstrap(lambda idx: {f"top{k}": float((rank[idx] < k).mean()) for k in ks}, len(rank), seed=seed)
-    result["chance"] = {f"top{k}": k / n for k in ks}
-    result["mean_rank"] = float(rank.mean() + 1)
-    result["n_clips"], result["n_images"] = int(len(rank)), int(n)
-    result["ranks"] = (rank + 1).tolist()
+    return pd.DataFrame({"rank": (similarity > true[:, None]).sum(1) + 1, "n_candidates": images.shape[0]})
+
+
+def retrieval_metrics(kind: str, queries: pd.DataFrame, seed: int = 0) -> dict:
+    """Metrics with 95 % CIs over the queries of a query table, chance beside them.
+
+    ``reidentification``: Rank-1 and mean average precision; chance the mean share of each query's subject
+    in its gallery; ``n_gallery`` the largest gallery of a query. ``image_retrieval``: top-k (the stimulus
+    ranks within the first k; recall@k with one relevant item) for each k of :data:`TOP_K` no larger than the
+    fewest candidates; chance the mean k / N. ``n_subjects``: the subjects whose queries were scored."""
+    rank = queries["rank"].to_numpy()
+    if kind == "reidentification":
+        precision = queries["average_precision"].to_numpy()
+        result = bootstrap(lambda idx: {"rank1": float((rank[idx] == 1).mean()), "mAP": float(precision[idx].mean())},
+                           len(rank), seed=seed)
+        share = float(queries["chance"].mean())
+        result["chance"] = {"rank1": share, "mAP": share}
+        result["n_queries"], result["n_gallery"] = int(len(rank)), int(queries["n_gallery"].max())
+    else:
+        candidates = queries["n_candidates"].to_numpy()
+        ks = tuple(k for k in TOP_K if k <= candidates.min())
+        result = bootstrap(lambda idx: {f"top{k}": float((rank[idx] <= k).mean()) for k in ks}, len(rank), seed=seed)
+        result["chance"] = {f"top{k}": float((k / candidates).mean()) for k in ks}
+        result["mean_rank"] = float(rank.mean())
+        result["n_clips"], result["n_images"] = int(len(rank)), int(candidates.max())
+    result["n_subjects"] = int(queries["subject"].astype(str).nunique())
     return result
+

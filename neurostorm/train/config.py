@@ -108,6 +108,7 @@ HARMONIZATIONS = ("none", "combat")  # of features by site (data/harmonize.py)
 class ExperimentConfig:
     mode: str = "full"  # full | prompt | lora | probe (ignored by pretraining)
     pooling: str = "mean"  # probe and embed: mean (per clip) | mean_std | cov | attention (per run)
+    head_standardise: bool = False  # prompt | lora: the head standardises embeddings by the training clips' statistics
     prompt_tokens: int = 50
     lora_rank: int = 8  # mode=lora: rank r of each update, scaled by lora_alpha / r
     lora_alpha: float = 16.0

@@ -3,7 +3,7 @@
 Probe: a frozen encoder's clip embeddings, extracted once and cached. FC + linear: the upper triangle of each
 run's Fisher-z FC. Either way a regularised linear model (:func:`neurostorm.models.linear.fit_linear`) is
 fitted on train + val (regularisation by subject-grouped CV) and evaluated per subject on the test split,
-like every other mode.
+like every other mode. A standardising head takes its statistics from the same embeddings (:func:`fit_head_scale`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from neurostorm.data.store import write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
@@ -43,6 +45,15 @@ def cached_embeddings(encoder, data: LabelledClips, run_dir: Path) -> dict[str, 
     out = {split: embed_split(encoder, data, split) for split in SPLITS}
     write_npz_atomic(path, {f"{split}/{k}": v for split, cols in out.items() for k, v in cols.items()})
     return out
+
+
+def fit_head_scale(head: nn.Module, encoder, data: LabelledClips) -> None:
+    """Fit ``head.scale`` (a :class:`~neurostorm.models.heads.Standardise`) to the embeddings of the training
+    clips by the encoder as training starts (validation subjects unread)."""
+    training = encoder.training
+    embeddings = embed_split(encoder, data, "train")["output"]  # (N clips, D)
+    encoder.train(training)
+    head.scale.fit(torch.as_tensor(embeddings))
 
 
 def _check_classes(y: np.ndarray, config: ExperimentConfig, data: LabelledClips) -> None:

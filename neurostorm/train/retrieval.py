@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import RidgeCV
@@ -37,11 +38,13 @@ from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import save_pretrained
 from neurostorm.tasks.evaluation import rank_histogram
-from neurostorm.tasks.retrieval import image_retrieval, reidentification
+from neurostorm.tasks.retrieval import image_retrieval_queries, reidentification_queries, retrieval_metrics
 from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
 from neurostorm.train.modules import make_optimizer, prepare_adaptation
 from neurostorm.train.trainer import initial_encoder, make_trainer
+
+RETRIEVAL = ("image_retrieval", "reidentification")  # task kinds scored by retrieval
 
 
 def read_stimuli(path: str | None) -> tuple[list[str], np.ndarray]:
@@ -198,7 +201,10 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
             ridge = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(fit["output"], images[fit["y"]])
             brain = ridge.predict(brain)
         shown = np.unique(test["y"])  # candidates: the stimuli of the test clips
-        metrics = image_retrieval(brain, np.searchsorted(shown, test["y"]), images[shown])
+        queries = image_retrieval_queries(brain, np.searchsorted(shown, test["y"]), images[shown])
+        queries.insert(0, "subject", test["subject"])
+        queries.insert(1, "run_id", test["run_id"])
+        queries.insert(2, "start", test["start"])
     else:
         runs = sorted(set(test["run_id"]))
         per_run = np.stack([test["output"][test["run_id"] == r].mean(0) for r in runs])
@@ -206,10 +212,20 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
         first = np.array([list(owner).index(s) == i for i, s in enumerate(owner)])
         if first.all():
             raise InputError(store.location, "re-identification needs two or more runs of the test subjects")
-        metrics = reidentification(per_run[first], owner[first], per_run[~first], owner[~first])
-    metrics["task"] = {"kind": task.kind, "mode": config.mode, "train_seconds": time.perf_counter() - start,
-                       "trainable_parameters": trainable}
-    if "ranks" in metrics:
-        rank_histogram(np.asarray(metrics["ranks"]), metrics["n_images"], run_dir / "figures" / "rank_histogram.png")
+        queries = reidentification_queries(per_run[first], owner[first], per_run[~first], owner[~first])
+        queries.insert(1, "run_id", np.array(runs)[first][np.isin(owner[first], owner[~first])])
+    task_info = {"kind": task.kind, "mode": config.mode, "train_seconds": time.perf_counter() - start,
+                 "trainable_parameters": trainable}
+    return score_queries(queries, task_info, run_dir)
+
+
+def score_queries(queries: pd.DataFrame, task: dict, run_dir: Path) -> dict:
+    """Metrics of a retrieval query table (one run's, or every fold's pooled): RUN_DIR/queries.csv,
+    metrics.json and, for image retrieval, the rank histogram; returns the metrics."""
+    queries.to_csv(run_dir / "queries.csv", index=False)
+    metrics = retrieval_metrics(task["kind"], queries)
+    metrics["task"] = task
+    if task["kind"] == "image_retrieval":
+        rank_histogram(queries["rank"].to_numpy(), metrics["n_images"], run_dir / "figures" / "rank_histogram.png")
     write_json_atomic(run_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     return metrics

@@ -27,7 +27,13 @@ from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.splits import site_split
 from neurostorm.data.store import Store, data_summary, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.models import ClassificationHead, RegressionHead, model_applies, reads_fixed_features
+from neurostorm.models import (
+    ClassificationHead,
+    RegressionHead,
+    adapts_frozen_encoder,
+    model_applies,
+    reads_fixed_features,
+)
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import (
@@ -40,8 +46,8 @@ from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips, sites_of
 from neurostorm.train.modules import AdaptModule, PretrainModule, prepare_adaptation
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
-from neurostorm.train.probe import linear_probe
-from neurostorm.train.retrieval import retrieval
+from neurostorm.train.probe import fit_head_scale, linear_probe
+from neurostorm.train.retrieval import RETRIEVAL, retrieval, score_queries
 from neurostorm.train.trainer import build_named, initial_encoder, make_trainer, resume_path, start_run
 
 
@@ -76,7 +82,8 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
 def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTORM):
     if config.task.kind == "regression":
         targets = data.train_targets().astype(float)
-        return RegressionHead(encoder.out_dim), 1, float(targets.mean()), float(targets.std() or 1.0), None
+        head = RegressionHead(encoder.out_dim, config.head_standardise)
+        return head, 1, float(targets.mean()), float(targets.std() or 1.0), None
     n_classes = len(data.classes or [])
     if n_classes < 2:
         raise InputError(data.store.location, f"label {config.task.label!r} has fewer than 2 classes")
@@ -84,11 +91,15 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
     if config.task.class_weights:
         counts = np.bincount(data.train_targets().astype(int), minlength=n_classes)
         weights = counts.sum() / (n_classes * np.maximum(counts, 1))
-    return ClassificationHead(encoder.out_dim, n_classes), n_classes, 0.0, 1.0, weights
+    return ClassificationHead(encoder.out_dim, n_classes, config.head_standardise), n_classes, 0.0, 1.0, weights
 
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
+    if config.head_standardise and not adapts_frozen_encoder(config.model.name, config.task.kind, config.mode):
+        raise InputError("head_standardise", "a standardising head is for an encoder of clips adapted with its "
+                                             "weights frozen (mode prompt or lora, a label or task state): a fully "
+                                             "fine-tuned encoder moves away from the statistics it was fitted to")
     if config.data.test_sites and config.task.kind not in ("classification", "regression"):
         raise InputError("data.test_sites", "leave-site-out splits subjects by site for subject labels "
                                             "(classification, regression); for task state use data.cv_by_site=true")
@@ -103,7 +114,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     if not model_applies(config.model.name, config.task.kind, config.mode):
         raise InputError("config", f"{config.model.name} reads connectivity: it predicts classification or "
                                    "regression labels with mode=full")
-    if config.task.kind in ("image_retrieval", "reidentification"):
+    if config.task.kind in RETRIEVAL:
         return retrieval(config, start_run(config, run_dir))
     if config.mode == "probe" or config.model.name == "fc-linear":
         return linear_probe(config, start_run(config, run_dir))
@@ -112,9 +123,11 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
     prepare_adaptation(config, encoder, head)
+    checkpoint = resume_path(run_dir, resume)
+    if config.head_standardise and checkpoint is None:  # a resumed run reads the statistics from its checkpoint
+        fit_head_scale(head, encoder, data)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
     module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
-    checkpoint = resume_path(run_dir, resume)
     trainer = make_trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
@@ -125,6 +138,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     task = {"kind": config.task.kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
             "target_mean": mean, "target_std": std, "mode": config.mode, "train_seconds": seconds,
             "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "head_standardised": config.head_standardise,
             **({"harmonization": data.harmonization} if data.harmonization else {})}
     if trainer.is_global_zero:
         export_adapted(module, task, run_dir / "model", data.store)
@@ -143,8 +157,9 @@ def load_adapted(folder: Path, optim=None) -> tuple[AdaptModule, dict]:
     """The encoder + head of a fine-tuned run's ``model`` folder, in evaluation mode."""
     task = json.loads((folder / "task.json").read_text())
     encoder = load_pretrained(folder)
-    head = RegressionHead(encoder.out_dim) if task["kind"] == "regression" else \
-        ClassificationHead(encoder.out_dim, task["n_classes"])
+    standardised = task.get("head_standardised", False)
+    head = RegressionHead(encoder.out_dim, standardised) if task["kind"] == "regression" else \
+        ClassificationHead(encoder.out_dim, task["n_classes"], standardised)
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
     module = AdaptModule(encoder, head, task["kind"], task["n_classes"], optim, task["target_mean"],
                          task["target_std"])
@@ -283,9 +298,8 @@ def cv_splits(subjects: pd.DataFrame, folds: int, val_fraction: float, seed: int
 
 
 def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
-    """Run every fold in RUN/fold-k and score the pooled test predictions (each subject tested once)."""
-    if config.task.kind in ("image_retrieval", "reidentification"):
-        raise InputError("config", "cross-validation covers classification, regression and task_state")
+    """Run every fold in RUN/fold-k and score the pooled test predictions (each subject tested once); for
+    retrieval the pooled queries, each scored against its own fold's test subjects and stimuli."""
     run_dir = start_run(config, run_dir)
     store = Store(config.data.stores[0].path)
     stratify = config.task.label if config.task.kind == "classification" else None
@@ -307,9 +321,12 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
         fold = dataclasses.replace(config, data=dataclasses.replace(
             config.data, cv_folds=0, cv_by_site=False, test_sites=[], split_file=str(fold_dir / "split.json")))
         metrics = finetune(fold, fold_dir)
-        frames.append(pd.read_csv(fold_dir / "predictions.csv", dtype={"subject": str}).assign(fold=k))
+        table = "queries.csv" if config.task.kind in RETRIEVAL else "predictions.csv"
+        frames.append(pd.read_csv(fold_dir / table, dtype={"subject": str}).assign(fold=k))
     task = {**metrics["task"], "folds": len(folds)}
     pooled = pd.concat(frames, ignore_index=True)
+    if config.task.kind in RETRIEVAL:
+        return score_queries(pooled, task, run_dir)
     pooled.to_csv(run_dir / "predictions.csv", index=False)
     result = metrics_with_ci(task["kind"], task["n_classes"], pooled)
     result["task"] = task
