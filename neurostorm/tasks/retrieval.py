@@ -71,4 +71,3 @@ def retrieval_metrics(kind: str, queries: pd.DataFrame, seed: int = 0) -> dict:
         result["n_clips"], result["n_images"] = int(len(rank)), int(candidates.max())
     result["n_subjects"] = int(queries["subject"].astype(str).nunique())
     return result
-

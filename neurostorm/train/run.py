@@ -6,7 +6,7 @@ RUN_DIR/checkpoints/      Lightning checkpoints: best.ckpt (by validation) and l
 RUN_DIR/model/            exported weights: config.json + model.safetensors (+ head.safetensors, task.json)
 RUN_DIR/logs/             metrics.csv and TensorBoard events
 RUN_DIR/metrics.json      test metrics per subject, each {value, ci_low, ci_high}
-RUN_DIR/predictions.csv   test predictions per clip
+RUN_DIR/predictions.csv   test predictions per clip (retrieval: queries.csv, each test query's rank)
 RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs true
 """
 
