@@ -35,9 +35,8 @@ import torch
 from benchmarks.common import seeds_and_epochs, study, validation_by_epoch
 from benchmarks.pooling import pretrain_as_demo
 from neurostorm.data.datasets import ClipDataset
-from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import simulate_cohort
-from neurostorm.demo import STORES, demo_cohort
+from neurostorm.demo import demo_cohort, preprocess_stores
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.models.weights import load_encoder
 from neurostorm.tasks.evaluation import subject_metrics
@@ -63,16 +62,9 @@ HEAD_ARMS = {(method, head): [f"mode={mode}", f"head_standardise={head == 'stand
 def demo_stores(out: Path) -> dict[str, Path]:
     """The default demo's cohort in OUT/bids (simulated unless there) and its resting and block-design runs
     preprocessed as the demo does into OUT/store-rest and OUT/store-objects."""
-    bids = out / "bids"
-    if not (bids / "participants.tsv").exists():
-        simulate_cohort(bids, demo_cohort())
-    stores = {}
-    for name in ("rest", "objects"):
-        runs = sorted(bids.glob(f"sub-*/func/{STORES[name]}"))
-        stores[name] = out / f"store-{name}"
-        preprocess(runs, stores[name], PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
-                   labels=bids / "participants.tsv", progress=False)
-    return stores
+    if not (out / "bids" / "participants.tsv").exists():
+        simulate_cohort(out / "bids", demo_cohort())
+    return preprocess_stores(out / "bids", out, ("rest", "objects"))
 
 
 def embedding_figures(model: Path, store: Path) -> dict[str, float]:
@@ -81,20 +73,19 @@ def embedding_figures(model: Path, store: Path) -> dict[str, float]:
     mean embedding, a stand-in loss: Adam's step size does not depend on the gradient's scale), and the
     embeddings' mean standard deviation across the clips."""
     clips = ClipDataset(store, sequence_length=20)
-    x = torch.stack([clips[i]["x"] for i in range(8)])
     figures = {}
     for name, strd in (("STRD on", True), ("STRD off", False)):
         encoder = load_encoder(model, strd=strd)
+        x = fit_to_model(torch.stack([clips[i]["x"] for i in range(8)]), encoder.config.img_size)
         torch.manual_seed(0)
         with torch.no_grad():
-            training = encoder.train().encode(fit_to_model(x, encoder.config.img_size))
-            evaluation = encoder.eval().encode(fit_to_model(x, encoder.config.img_size))
+            training, evaluation = encoder.train().encode(x), encoder.eval().encode(x)
         figures[f"train − eval, {name}"] = float((training - evaluation).abs().mean())
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=DEMO_LR)
-    encoder.encode(fit_to_model(x, encoder.config.img_size)).mean().backward()
+    encoder.encode(x).mean().backward()
     optimizer.step()
     with torch.no_grad():
-        stepped = encoder.encode(fit_to_model(x, encoder.config.img_size))
+        stepped = encoder.encode(x)
     figures["one full fine-tuning step"] = float((stepped - evaluation).abs().mean())
     figures["sd across clips"] = float(evaluation.std(0).mean())
     return figures

@@ -86,6 +86,20 @@ def demo_cohort(quick: bool = False, seed: int = 0, subjects: int | None = None)
                         n_frames=size.frames, task_frames=size.task_frames, voxel_mm=4.0, seed=seed)
 
 
+def preprocess_stores(bids: Path, out: Path, names: tuple[str, ...] = tuple(STORES)) -> dict[str, Path]:
+    """The demo's runs of a simulated cohort in ``bids``, one store per kind of run (``names``, keys of
+    STORES), preprocessed onto the 4 mm grid into OUT/store-<name>; returns the store of each name."""
+    stores = {}
+    for name in names:
+        runs = sorted(bids.glob(f"sub-*/func/{STORES[name]}"))
+        stores[name] = out / f"store-{name}"
+        result = preprocess(runs, stores[name], PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
+                            labels=bids / "participants.tsv", progress=False)
+        if result.failures:  # the simulator writes valid runs: a failure here is a defect, never bad input
+            raise RuntimeError(f"preprocessing the simulated {name} runs failed: {result.failures[0]}")
+    return stores
+
+
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int | None = None) -> Path:
     """Run everything into ``out``; returns the path of ``report.md`` (``metrics.json`` beside it)."""
     out = Path(out)
@@ -97,12 +111,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     simulate_cohort(bids, cohort)
     _stage("simulate", stages, start)
     start = time.perf_counter()
-    for name, pattern in STORES.items():
-        runs = sorted(bids.glob(f"sub-*/func/{pattern}"))
-        result = preprocess(runs, out / f"store-{name}", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
-                            labels=bids / "participants.tsv", progress=False)
-        if result.failures:  # the simulator writes valid runs: a failure here is a defect, never bad input
-            raise RuntimeError(f"preprocessing the simulated {name} runs failed: {result.failures[0]}")
+    preprocess_stores(bids, out)
     _stage("preprocess", stages, start)
     common = [f"trainer.seed={seed}", "data.split_fractions=[0.6,0.2,0.2]"]
     start = time.perf_counter()
