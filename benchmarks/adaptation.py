@@ -8,8 +8,9 @@ the checkpoint it keeps by validation: balanced accuracy and AUROC (task state, 
 the training loss of its last epoch. No figure here reads a test subject.
 
 1. **Embeddings**: over 8 clips, how far a training-mode embedding lies from the evaluation-mode one with
-   STRD on and off, how far one full fine-tuning step at the demo's learning rate moves the embeddings, and
-   the spread of the embeddings across the clips that a head has to read.
+   STRD on and off; how far one full fine-tuning step at the demo's learning rate and at the paper's moves
+   the embeddings, how much of that is a shift of their mean, and whether their arrangement around the mean
+   holds; and the spread of the embeddings across the clips that a head has to read.
 2. **STRD during fine-tuning**: full fine-tuning and prompt tuning for the demo's 2 epochs with STRD on —
    what fine-tuning of a pretraining folder ran with before, its configuration carrying it — and off, as
    ``load_encoder`` now gives it.
@@ -17,6 +18,12 @@ the training loss of its last epoch. No figure here reads a test subject.
    ``--epochs`` epochs at the demo's learning rate (constant, so the first 2 epochs are the demo's runs),
    each scored at the checkpoint kept within 2 epochs and within all; beside them a linear probe of the
    frozen embeddings fitted on the training clips and scored on validation.
+4. **Full fine-tuning and scratch**: with a plain head (the demo's before), with ``head_standardise`` (each
+   training batch centred by its own mean, the statistics refitted before each validation), and with it and
+   the encoder at the paper's fine-tuning rate (``optim.pretrained_lr=5e-5``, the head at the demo's), scored
+   as in 3.
+
+``--sections`` picks some of ``embeddings,strd,heads,full`` (all by default).
 
 Prints the tables and writes ``adaptation.md`` and ``adaptation_runs.csv`` into OUT (the current folder
 without ``--out``).
@@ -57,6 +64,13 @@ STRD_ARMS = {("full fine-tuning", "STRD on (before)"): ["mode=full", "model.over
 HEAD_ARMS = {(method, head): [f"mode={mode}", f"head_standardise={head == 'standardised'}"]
              for (method, mode), head in itertools.product([("prompt tuning", "prompt"), ("LoRA", "lora")],
                                                            ["plain", "standardised"])}
+FULL_ARMS = {("full fine-tuning", "plain head"): ["mode=full"],
+             ("full fine-tuning", "standardised head"): ["mode=full", "head_standardise=true"],
+             ("full fine-tuning", "standardised head, pretrained lr 5e-5"): ["mode=full", "head_standardise=true",
+                                                                         "optim.pretrained_lr=5e-5"],
+             ("scratch", "plain head"): ["mode=full", "model.init=scratch"],
+             ("scratch", "standardised head"): ["mode=full", "model.init=scratch", "head_standardise=true"]}
+SECTIONS = ("embeddings", "strd", "heads", "full")
 
 
 def demo_stores(out: Path) -> dict[str, Path]:
@@ -68,10 +82,11 @@ def demo_stores(out: Path) -> dict[str, Path]:
 
 
 def embedding_figures(model: Path, store: Path) -> dict[str, float]:
-    """Over 8 clips of 20 frames: mean |training-mode − evaluation-mode embedding| with STRD on and off, mean
-    |change| of the embeddings after one AdamW step of full fine-tuning at the demo's learning rate (on the
-    mean embedding, a stand-in loss: Adam's step size does not depend on the gradient's scale), and the
-    embeddings' mean standard deviation across the clips."""
+    """Over 8 clips of 20 frames: mean |training-mode − evaluation-mode embedding| with STRD on and off; after
+    one AdamW step of full fine-tuning at the demo's learning rate and at the paper's (on the mean embedding,
+    a stand-in loss: Adam's first step does not depend on the gradient's scale) the mean |change| of the
+    embeddings, of their mean, and the correlation of the embeddings centred on their mean before and after;
+    and the embeddings' mean standard deviation across the clips."""
     clips = ClipDataset(store, sequence_length=20)
     figures = {}
     for name, strd in (("STRD on", True), ("STRD off", False)):
@@ -81,12 +96,18 @@ def embedding_figures(model: Path, store: Path) -> dict[str, float]:
         with torch.no_grad():
             training, evaluation = encoder.train().encode(x), encoder.eval().encode(x)
         figures[f"train − eval, {name}"] = float((training - evaluation).abs().mean())
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=DEMO_LR)
-    encoder.encode(x).mean().backward()
-    optimizer.step()
-    with torch.no_grad():
-        stepped = encoder.encode(x)
-    figures["one full fine-tuning step"] = float((stepped - evaluation).abs().mean())
+    centred = evaluation - evaluation.mean(0)
+    for lr in (DEMO_LR, 5e-5):
+        encoder = load_encoder(model).eval()
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr)
+        encoder.encode(x).mean().backward()
+        optimizer.step()
+        with torch.no_grad():
+            stepped = encoder.encode(x)
+        moved = stepped - stepped.mean(0)
+        figures[f"one step at lr {lr:g}"] = float((stepped - evaluation).abs().mean())
+        figures[f"its mean, lr {lr:g}"] = float((stepped.mean(0) - evaluation.mean(0)).abs().mean())
+        figures[f"centred correlation, lr {lr:g}"] = float((centred * moved).sum() / (centred.norm() * moved.norm()))
     figures["sd across clips"] = float(evaluation.std(0).mean())
     return figures
 
@@ -143,37 +164,57 @@ def probe_on_validation(model: Path, stores: dict[str, Path], out: Path, seeds: 
     return pd.DataFrame(rows).groupby("label", sort=False).mean()
 
 
-def markdown(figures: dict[str, float], strd: pd.DataFrame, heads: pd.DataFrame, probe: pd.DataFrame,
-             seeds: int) -> str:
+def markdown(figures: dict[str, float], tables: list[pd.DataFrame], probe: pd.DataFrame | None, seeds: int) -> str:
     lines = ["Embeddings of 8 clips (mean |difference|): " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()),
-             "", "| label | method | arm | epochs | val balanced accuracy | val AUROC / Pearson r | "
-                 "train loss, last epoch |", "|---|---|---|---|---|---|---|"]
-    for (label, method, arm), row in pd.concat([strd, heads]).iterrows():
+             ""] if figures else []
+    if tables or probe is not None:
+        lines += ["| label | method | arm | epochs | val balanced accuracy | val AUROC / Pearson r | "
+                  "train loss, last epoch |", "|---|---|---|---|---|---|---|"]
+    for (label, method, arm), row in pd.concat(tables).iterrows() if tables else ():
         accuracy = "" if label == "age" else f"{row['val_balanced_accuracy']:.3f}"
         lines.append(f"| {label} | {method} | {arm} | {row['epochs']:.0f} | {accuracy} | {row['val_ranking']:.3f} | "
                      f"{row['train_loss']:.3f} |")
-    for label, row in probe.iterrows():
+    for label, row in probe.iterrows() if probe is not None else ():
         accuracy = "" if label == "age" else f"{row['val_balanced_accuracy']:.3f}"
         lines.append(f"| {label} | linear probe (train clips) | frozen | | {accuracy} | {row['val_ranking']:.3f} | |")
     lines += ["", f"(means of {seeds} seeds, each run at the checkpoint kept by validation within its epochs)"]
     return "\n".join(lines)
 
 
+def kept_by_budget(runs: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """:func:`kept` within the demo's 2 epochs and within ``epochs``, rows grouped by label, method and arm."""
+    return pd.concat([kept(runs, e) for e in sorted({DEMO_EPOCHS, epochs})]).reset_index().sort_values(
+        ["label", "method", "arm", "epochs"], kind="stable").set_index(["label", "method", "arm"])
+
+
 def main() -> None:
-    with study(__doc__, seeds_and_epochs(6)) as (args, out, destination):
+    def options(parser) -> None:
+        seeds_and_epochs(6)(parser)
+        parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
+
+    with study(__doc__, options) as (args, out, destination):
+        sections = args.sections.split(",")
+        if unknown := set(sections) - set(SECTIONS):
+            raise SystemExit(f"--sections: unknown {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
         stores = demo_stores(out)
         model = out / "pretrain" / "model"
         if not (model / "model.safetensors").exists():
             pretrain_as_demo(stores["rest"], out / "pretrain")
-        figures = embedding_figures(model, stores["rest"])
-        strd_runs = adaptation_runs(STRD_ARMS, stores, model, out / "strd", args.seeds, DEMO_EPOCHS)
-        head_runs = adaptation_runs(HEAD_ARMS, stores, model, out / "heads", args.seeds, args.epochs)
-        heads = pd.concat([kept(head_runs, e) for e in sorted({DEMO_EPOCHS, args.epochs})]).reset_index().sort_values(
-            ["label", "method", "arm", "epochs"], kind="stable").set_index(["label", "method", "arm"])
-        probe = probe_on_validation(model, stores, out / "probe", args.seeds)
-        text = markdown(figures, kept(strd_runs, DEMO_EPOCHS), heads, probe, args.seeds)
+        figures = embedding_figures(model, stores["rest"]) if "embeddings" in sections else {}
+        runs, tables, probe = [], [], None
+        if "strd" in sections:
+            runs.append(adaptation_runs(STRD_ARMS, stores, model, out / "strd", args.seeds, DEMO_EPOCHS))
+            tables.append(kept(runs[-1], DEMO_EPOCHS))
+        for section, arms in (("heads", HEAD_ARMS), ("full", FULL_ARMS)):
+            if section in sections:
+                runs.append(adaptation_runs(arms, stores, model, out / section, args.seeds, args.epochs))
+                tables.append(kept_by_budget(runs[-1], args.epochs))
+        if "heads" in sections:
+            probe = probe_on_validation(model, stores, out / "probe", args.seeds)
+        text = markdown(figures, tables, probe, args.seeds)
         (destination / "adaptation.md").write_text(text + "\n")
-        pd.concat([strd_runs, head_runs]).to_csv(destination / "adaptation_runs.csv", index=False)
+        if runs:
+            pd.concat(runs).to_csv(destination / "adaptation_runs.csv", index=False)
         print(text)
 
 

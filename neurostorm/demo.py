@@ -28,6 +28,7 @@ from neurostorm.data.store import Store, write_json_atomic
 from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
 from neurostorm.tasks.curves import curve_means, label_efficiency
 from neurostorm.train.config import load_config
+from neurostorm.train.retrieval import RETRIEVAL
 from neurostorm.train.run import pretrain
 
 
@@ -55,7 +56,9 @@ SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epoc
                            methods=("scratch", "full fine-tuning", "FC + linear"), cv_folds=3),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
                              methods=tuple(METHODS), studies=True)}
-HEADS = ["head_standardise=true"]  # prompt tuning's head reads standardised embeddings (benchmarks/adaptation.py)
+# heads on standardised embeddings (scratch, full and prompt tuning); a pretrained encoder fully fine-tuned at
+# the paper's rate, its head at the preset's (benchmarks/adaptation.py; measured for labels and task state)
+RECIPE = ["head_standardise=true", "optim.pretrained_lr=5e-5"]
 STUDY = ("age", ["task.label=age", "task.kind=regression"])  # the family of the label-efficiency and site studies
 STUDY_METHODS = ("full fine-tuning", "linear probe", "FC + linear")
 CURVE_SIZES, CURVE_REPEATS = [8, 16, None], 2  # labelled training subjects (None: all of the split's)
@@ -126,7 +129,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
         folds = [f"data.cv_folds={size.cv_folds}"] if size.cv_folds else []
-        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *HEADS,
+        recipe = [] if load_config("tiny", task).task.kind in RETRIEVAL else RECIPE
+        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *recipe,
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
         config = load_config("tiny", [*overrides, *folds])
@@ -138,7 +142,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         _stage(family, stages, start)
     studies = {}
     if size.studies:
-        study = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}",
+        study = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *RECIPE,
                  f"data.stores=[{out / 'store-rest'}]", f"data.roi_dir={out / 'roi-rest'}", *STUDY[1]]
         chosen = [m for m in methods if m.label in STUDY_METHODS]
         start = time.perf_counter()

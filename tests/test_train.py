@@ -9,10 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from neurostorm.cli import main
-from neurostorm.models.heads import Standardise
+from neurostorm.models import build_model
+from neurostorm.models.heads import ClassificationHead, Standardise
 from neurostorm.models.weights import load_encoder
 from neurostorm.tasks.compare import Method
 from neurostorm.train.config import load_config, parse_override
+from neurostorm.train.data import LabelledClips
+from neurostorm.train.modules import AdaptModule, make_optimizer
+from neurostorm.train.probe import embed_split
 
 
 def run_cli(kind, store, out, *overrides):
@@ -83,8 +87,10 @@ def test_prompt_tuning_runs_end_to_end(labelled_store, tmp_path):
 
 
 def test_a_standardising_head_reads_embeddings_scaled_by_the_training_clips(labelled_store, tmp_path, capsys):
-    """``head_standardise``: fixed statistics of the training clips' embeddings, saved with the head and used
-    again by evaluate; refused where the encoder itself trains; a comparison passes it to frozen encoders only."""
+    """``head_standardise``: statistics of the training clips' embeddings, saved with the head and used again by
+    evaluate — fitted as training starts for prompt tuning, refitted to the encoder before each validation in
+    full fine-tuning, so the exported head holds those of the exported encoder; refused for a probe; a
+    comparison passes it to the methods that train a head on clips."""
     run = tmp_path / "prompt"
     metrics = run_cli("finetune", labelled_store, run, "task.label=sex", "mode=prompt", "prompt_tokens=2",
                       "optim.epochs=1", "head_standardise=true")
@@ -96,15 +102,50 @@ def test_a_standardising_head_reads_embeddings_scaled_by_the_training_clips(labe
     assert main(["evaluate", str(run)]) == 0
     assert f"balanced_accuracy  {metrics['balanced_accuracy']['value']:.3f}" in capsys.readouterr().out
 
-    argv = ["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex",
-            "head_standardise=true", "--out", str(tmp_path / "full")]
-    assert main(argv) == 2 and not (tmp_path / "full").exists()
-    assert "head_standardise: a standardising head is for an encoder of clips adapted with its weights frozen" \
+    full = tmp_path / "full"
+    run_cli("finetune", labelled_store, full, "task.label=sex", "optim.epochs=2", "head_standardise=true")
+    config = load_config(full / "config.yaml")
+    data = LabelledClips(config, full)
+    embeddings = torch.as_tensor(embed_split(load_encoder(full / "model"), data, "train")["output"])
+    head = load_file(str(full / "model" / "head.safetensors"))
+    assert torch.allclose(head["scale.mean"], embeddings.mean(0), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(head["scale.sd"], embeddings.std(0), rtol=1e-3, atol=1e-6)
+
+    argv = ["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex", "mode=probe",
+            "head_standardise=true", "--out", str(tmp_path / "probe")]
+    assert main(argv) == 2 and not (tmp_path / "probe").exists()
+    assert "head_standardise: a standardising head is for a head trained on an encoder of clips" \
         in capsys.readouterr().err
     config = load_config("tiny", ["task.label=sex", "head_standardise=true"])
     assert [Method.parse(spec).configure(config).head_standardise
             for spec in ("neurostorm-tiny", "neurostorm-tiny:prompt", "neurostorm-tiny:lora", "neurostorm-tiny:probe",
-                         "fc-linear")] == [False, True, True, False, False]
+                         "fc-linear")] == [True, True, True, False, False]
+
+
+def test_a_head_tracking_its_encoder_centres_each_training_batch_by_its_own_mean():
+    """A step of a fully fine-tuned encoder shifts every embedding by nearly one vector: in training such a
+    shift leaves the standardised batch unchanged; in evaluation the fitted statistics centre it."""
+    embeddings = torch.randn(6, 4) * 0.01 + 10.0
+    tracking, fixed = Standardise(4, track_encoder=True), Standardise(4)
+    for scale in (tracking, fixed):
+        scale.fit(embeddings)
+    shifted = embeddings + torch.tensor([5.0, -3.0, 1.0, 2.0])
+    assert torch.allclose(tracking.train()(shifted), tracking(embeddings), atol=1e-3)
+    assert torch.allclose(tracking.train()(embeddings), fixed.train()(embeddings), atol=1e-3)
+    assert not torch.allclose(fixed.train()(shifted), fixed(embeddings), atol=1.0)
+    assert torch.allclose(tracking.eval()(shifted), fixed.eval()(shifted))
+
+
+def test_the_encoder_trains_at_its_own_learning_rate_and_the_head_at_the_run_s():
+    config = load_config("tiny", ["task.label=sex", "optim.lr=1e-3", "optim.pretrained_lr=5e-5"])
+    module = AdaptModule(build_model("neurostorm-tiny"), ClassificationHead(128, 2), "classification", 2,
+                         config.optim)
+    optimizer = make_optimizer(module, config.optim, steps_per_epoch=1)
+    encoder_parameters = {id(p) for p in module.encoder.parameters()}
+    rates = {(id(p) in encoder_parameters, group["lr"]) for group in optimizer.param_groups for p in group["params"]}
+    assert rates == {(True, 5e-5), (False, 1e-3)}
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == \
+        sum(p.numel() for p in module.parameters())
 
 
 def test_standardise_fits_each_dimension_and_leaves_a_constant_one_unscaled():

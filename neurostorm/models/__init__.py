@@ -65,11 +65,11 @@ def reads_fixed_features(name: str, kind: str, mode: str) -> bool:
     return kind in ("classification", "regression") and (model_input(name) == "fc" or mode == "probe")
 
 
-def adapts_frozen_encoder(name: str, kind: str, mode: str) -> bool:
-    """Whether the named model in ``mode`` trains a classifier or regressor head on an encoder of clips whose
-    own weights stay frozen (prompt tuning, LoRA): what ``head_standardise`` is for."""
-    return model_input(name) == "clips" and mode in ("prompt", "lora") and kind in ("classification", "regression",
-                                                                                     "task_state")
+def trains_head_on_clips(name: str, kind: str, mode: str) -> bool:
+    """Whether the named model in ``mode`` trains a classifier or regressor head on an encoder of clips (full
+    fine-tuning, prompt tuning, LoRA): what ``head_standardise`` is for."""
+    return model_input(name) == "clips" and mode in ("full", "prompt", "lora") and kind in (
+        "classification", "regression", "task_state")
 
 
 def _encoder(preset: str) -> Callable[..., NeuroSTORM]:

@@ -8,11 +8,18 @@ from torch import nn
 
 
 class Standardise(nn.Module):
-    """(B, D) → (B, D): (x − mean) / sd per dimension, with fixed statistics (buffers, saved with the head) —
-    a linear probe's scaling, for a head whose encoder does not change under it."""
+    """(B, D) → (B, D): (x − centre) / sd per dimension — a linear probe's scaling, for a head on embeddings
+    whose spread across clips is a tiny fraction of their magnitude. ``mean`` and ``sd`` are statistics of the
+    training clips' embeddings (buffers, saved with the head; :meth:`fit`); in evaluation the centre is
+    ``mean``. ``track_encoder`` is for an encoder whose weights train (full fine-tuning): each step of it
+    shifts every clip's embedding by nearly the same vector, many times their spread, while the spread and
+    the clips' arrangement hold — so in training each batch is centred by its own mean, and the statistics
+    are refitted before each validation (:class:`~neurostorm.train.modules.AdaptModule`). Otherwise (prompt
+    tuning, LoRA) the statistics fitted as training starts centre every batch."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, track_encoder: bool = False) -> None:
         super().__init__()
+        self.track_encoder = track_encoder
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("sd", torch.ones(dim))
 
@@ -23,19 +30,21 @@ class Standardise(nn.Module):
         self.sd.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return (embedding - self.mean) / self.sd
+        batch_centre = self.track_encoder and self.training and embedding.shape[0] > 1
+        centre = embedding.mean(dim=0, keepdim=True) if batch_centre else self.mean
+        return (embedding - centre) / self.sd
 
 
 class ClassificationHead(nn.Module):
     """(B, D) → logits: (B, 1) for two classes (use with BCE-with-logits), (B, K) for K > 2 classes;
-    ``standardise``: the embedding is first standardised (:class:`Standardise`)."""
+    ``standardise``: the embedding is first standardised (:class:`Standardise`, ``track_encoder`` passed on)."""
 
-    def __init__(self, dim: int, n_classes: int, standardise: bool = False) -> None:
+    def __init__(self, dim: int, n_classes: int, standardise: bool = False, track_encoder: bool = False) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.n_classes = n_classes
-        self.scale = Standardise(dim) if standardise else nn.Identity()
+        self.scale = Standardise(dim, track_encoder) if standardise else nn.Identity()
         self.fc = nn.Linear(dim, 1 if n_classes == 2 else n_classes)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -52,9 +61,9 @@ class ClassificationHead(nn.Module):
 class RegressionHead(nn.Module):
     """(B, D) → (B, 1), trained on standardised targets; ``standardise`` as :class:`ClassificationHead`."""
 
-    def __init__(self, dim: int, standardise: bool = False) -> None:
+    def __init__(self, dim: int, standardise: bool = False, track_encoder: bool = False) -> None:
         super().__init__()
-        self.scale = Standardise(dim) if standardise else nn.Identity()
+        self.scale = Standardise(dim, track_encoder) if standardise else nn.Identity()
         self.fc = nn.Linear(dim, 1)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
-from neurostorm.models import adapts_frozen_encoder, model_applies, model_input, reads_fixed_features
+from neurostorm.models import model_applies, model_input, reads_fixed_features, trains_head_on_clips
 from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
 from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
 
@@ -73,10 +73,10 @@ class Method:
             and (harmonize == "none" or harmonizable)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
-        """The comparison's configuration for this method; ``head_standardise`` only where the method adapts a
-        frozen encoder of clips."""
+        """The comparison's configuration for this method; ``head_standardise`` only where the method trains a
+        head on an encoder of clips."""
         model = dataclasses.replace(config.model, name=self.model, init=self.init)
-        standardise = config.head_standardise and adapts_frozen_encoder(self.model, config.task.kind, self.mode)
+        standardise = config.head_standardise and trains_head_on_clips(self.model, config.task.kind, self.mode)
         return dataclasses.replace(config, model=model, mode=self.mode, pooling=self.pooling,
                                    head_standardise=standardise)
 

@@ -76,6 +76,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 5e-5
+    pretrained_lr: float | None = None  # mode=full of a pretrained encoder: its weights' rate (None: lr)
     weight_decay: float = 0.01
     epochs: int = 30
     warmup_epochs: int = 0  # linear warm-up, then cosine decay when cosine is on; both off in the paper
@@ -108,7 +109,7 @@ HARMONIZATIONS = ("none", "combat")  # of features by site (data/harmonize.py)
 class ExperimentConfig:
     mode: str = "full"  # full | prompt | lora | probe (ignored by pretraining)
     pooling: str = "mean"  # probe and embed: mean (per clip) | mean_std | cov | attention (per run)
-    head_standardise: bool = False  # prompt | lora: the head standardises embeddings by the training clips' statistics
+    head_standardise: bool = False  # full | prompt | lora: the head standardises embeddings (models/heads.Standardise)
     prompt_tokens: int = 50
     lora_rank: int = 8  # mode=lora: rank r of each update, scaled by lora_alpha / r
     lora_alpha: float = 16.0

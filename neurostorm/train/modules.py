@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -19,16 +21,18 @@ from neurostorm.train.data import fit_to_model
 
 
 def make_optimizer(module: L.LightningModule, optim: OptimConfig, steps_per_epoch: int):
-    """AdamW over trainable parameters (no weight decay on norms, biases, A_log, D, tables); optional
-    linear warm-up and cosine decay, stepped per optimiser step."""
-    decay, no_decay = [], []
+    """AdamW over trainable parameters (no weight decay on norms, biases, A_log, D, tables), those of
+    ``module.encoder`` at ``optim.pretrained_lr`` when set (:func:`adaptation_optim` says where), the rest at
+    ``optim.lr``; optional linear warm-up and cosine decay, stepped per optimiser step."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or name.endswith(("pos_embed", "time_embed"))
-        (no_decay if skip else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
+        groups.setdefault((name.startswith("encoder."), skip), []).append(p)
+    optimizer = torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if skip else optim.weight_decay,
+                                    "lr": optim.pretrained_lr if in_encoder and optim.pretrained_lr else optim.lr}
+                                   for (in_encoder, skip), params in groups.items()], lr=optim.lr)
     if not (optim.cosine or optim.warmup_epochs):
         return optimizer
     total = max(1, optim.epochs * steps_per_epoch)
@@ -92,6 +96,15 @@ def checkpoint_score(kind: str, metrics: dict[str, float]) -> float:
     return metrics["balanced_accuracy"] + (0.0 if np.isnan(auroc) else TIE_BREAK * auroc)
 
 
+def adaptation_optim(config: ExperimentConfig) -> OptimConfig:
+    """The optimiser settings of an adaptation run: ``pretrained_lr`` holds where pretrained weights train
+    (mode full, ``model.init`` not scratch), so that a pretrained encoder fine-tunes slower than its new head;
+    prompts, LoRA factors and an encoder from scratch are new parameters, trained at ``lr``."""
+    if config.mode == "full" and config.model.init != "scratch":
+        return config.optim
+    return dataclasses.replace(config.optim, pretrained_lr=None)
+
+
 def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Module) -> None:
     """``mode=prompt`` or ``mode=lora``: add the trained parameters to the encoder and freeze the rest of it
     (printing the counts); ``full`` trains everything as it is."""
@@ -104,12 +117,14 @@ def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Mo
 class AdaptModule(L.LightningModule):
     """Encoder (any model with ``encode`` and ``out_dim``) + head trained on a label: BCE for two classes,
     cross-entropy for K, MSE on standardised targets for regression. Collects per-clip outputs of val/test for
-    per-subject metrics."""
+    per-subject metrics. ``refit_head``: called before each validation (not the sanity check) to refit a
+    standardising head's statistics to the encoder as it now is."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module, kind: str, n_classes: int, optim: OptimConfig,
                  target_mean: float = 0.0, target_std: float = 1.0, class_weights: np.ndarray | None = None,
-                 steps_per_epoch: int = 1) -> None:
+                 steps_per_epoch: int = 1, refit_head: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.refit_head = refit_head
         self.encoder, self.head, self.kind, self.n_classes = encoder, head, kind, n_classes
         self.optim, self.steps_per_epoch = optim, steps_per_epoch
         self.target_mean, self.target_std = target_mean, target_std
@@ -156,6 +171,10 @@ class AdaptModule(L.LightningModule):
         self.outputs.setdefault(stage, []).append(
             (list(batch["subject"]), self.to_original_units(out).detach().float().cpu().numpy(),
              batch["y"].cpu().numpy()))
+
+    def on_validation_epoch_start(self) -> None:
+        if self.refit_head is not None and not self.trainer.sanity_checking:
+            self.refit_head()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._collect("val", batch)

@@ -41,7 +41,7 @@ from neurostorm.tasks.evaluation import rank_histogram
 from neurostorm.tasks.retrieval import image_retrieval_queries, reidentification_queries, retrieval_metrics
 from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
-from neurostorm.train.modules import make_optimizer, prepare_adaptation
+from neurostorm.train.modules import adaptation_optim, make_optimizer, prepare_adaptation
 from neurostorm.train.trainer import initial_encoder, make_trainer
 
 RETRIEVAL = ("image_retrieval", "reidentification")  # task kinds scored by retrieval
@@ -184,7 +184,7 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
     else:
         head = EmbeddingHead(encoder.out_dim, images.shape[1] if images is not None else 128)
         prepare_adaptation(config, encoder, head)
-        module = ContrastiveModule(encoder, head, config.optim, task.temperature, images,
+        module = ContrastiveModule(encoder, head, adaptation_optim(config), task.temperature, images,
                                    max(1, len(sets["train"]) // data.batch_size))
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         _fit(config, run_dir, module, sets["train"], sets["val"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,9 @@ from neurostorm.errors import InputError
 from neurostorm.models import (
     ClassificationHead,
     RegressionHead,
-    adapts_frozen_encoder,
     model_applies,
     reads_fixed_features,
+    trains_head_on_clips,
 )
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
@@ -44,7 +45,7 @@ from neurostorm.tasks.evaluation import metrics_with_ci, per_site, plot_loss_cur
 from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips, sites_of
-from neurostorm.train.modules import AdaptModule, PretrainModule, prepare_adaptation
+from neurostorm.train.modules import AdaptModule, PretrainModule, adaptation_optim, prepare_adaptation
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
 from neurostorm.train.probe import fit_head_scale, linear_probe
 from neurostorm.train.retrieval import RETRIEVAL, retrieval, score_queries
@@ -82,7 +83,7 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
 def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTORM):
     if config.task.kind == "regression":
         targets = data.train_targets().astype(float)
-        head = RegressionHead(encoder.out_dim, config.head_standardise)
+        head = RegressionHead(encoder.out_dim, config.head_standardise, config.mode == "full")
         return head, 1, float(targets.mean()), float(targets.std() or 1.0), None
     n_classes = len(data.classes or [])
     if n_classes < 2:
@@ -91,15 +92,15 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
     if config.task.class_weights:
         counts = np.bincount(data.train_targets().astype(int), minlength=n_classes)
         weights = counts.sum() / (n_classes * np.maximum(counts, 1))
-    return ClassificationHead(encoder.out_dim, n_classes, config.head_standardise), n_classes, 0.0, 1.0, weights
+    head = ClassificationHead(encoder.out_dim, n_classes, config.head_standardise, config.mode == "full")
+    return head, n_classes, 0.0, 1.0, weights
 
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
-    if config.head_standardise and not adapts_frozen_encoder(config.model.name, config.task.kind, config.mode):
-        raise InputError("head_standardise", "a standardising head is for an encoder of clips adapted with its "
-                                             "weights frozen (mode prompt or lora, a label or task state): a fully "
-                                             "fine-tuned encoder moves away from the statistics it was fitted to")
+    if config.head_standardise and not trains_head_on_clips(config.model.name, config.task.kind, config.mode):
+        raise InputError("head_standardise", "a standardising head is for a head trained on an encoder of clips "
+                                             "(mode full, prompt or lora; a label or task state)")
     if config.data.test_sites and config.task.kind not in ("classification", "regression"):
         raise InputError("data.test_sites", "leave-site-out splits subjects by site for subject labels "
                                             "(classification, regression); for task state use data.cv_by_site=true")
@@ -127,7 +128,9 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     if config.head_standardise and checkpoint is None:  # a resumed run reads the statistics from its checkpoint
         fit_head_scale(head, encoder, data)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
-    module = AdaptModule(encoder, head, config.task.kind, n_classes, config.optim, mean, std, weights, steps)
+    refit = partial(fit_head_scale, head, encoder, data) if config.head_standardise and config.mode == "full" else None
+    module = AdaptModule(encoder, head, config.task.kind, n_classes, adaptation_optim(config), mean, std, weights,
+                         steps, refit)
     trainer = make_trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
