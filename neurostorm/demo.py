@@ -43,6 +43,7 @@ class DemoSize:
     methods: tuple[str, ...]  # compared per family, keys of METHODS
     cv_folds: int = 0  # k: every subject tested once, k folds (sites kept whole); 0: one split
     studies: bool = False  # a label-efficiency curve and a leave-site-out table (with and without ComBat)
+    recipe: bool = False  # adapt with RECIPE (its passes over the training clips cost the quick demo its budget)
 
 
 METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{pretrained}",
@@ -55,7 +56,7 @@ PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"),
 SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear"), cv_folds=3),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
-                             methods=tuple(METHODS), studies=True)}
+                             methods=tuple(METHODS), studies=True, recipe=True)}
 # heads on standardised embeddings (scratch, full and prompt tuning); a pretrained encoder fully fine-tuned at
 # the paper's rate, its head at the preset's (benchmarks/adaptation.py; measured for labels and task state)
 RECIPE = ["head_standardise=true", "optim.pretrained_lr=5e-5"]
@@ -124,13 +125,14 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     _stage("pretrain", stages, start)
     pretrained = out / "runs" / "pretrain" / "model"
     methods = [Method.parse(METHODS[label].format(pretrained=pretrained), label) for label in size.methods]
+    recipe = RECIPE if size.recipe else []
     families = {}
     for family, store, task in FAMILIES:
         start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
         folds = [f"data.cv_folds={size.cv_folds}"] if size.cv_folds else []
-        recipe = [] if load_config("tiny", task).task.kind in RETRIEVAL else RECIPE
-        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *recipe,
+        labelled = load_config("tiny", task).task.kind not in RETRIEVAL
+        overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *(recipe if labelled else []),
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
         config = load_config("tiny", [*overrides, *folds])
@@ -142,7 +144,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         _stage(family, stages, start)
     studies = {}
     if size.studies:
-        study = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *RECIPE,
+        study = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *recipe,
                  f"data.stores=[{out / 'store-rest'}]", f"data.roi_dir={out / 'roi-rest'}", *STUDY[1]]
         chosen = [m for m in methods if m.label in STUDY_METHODS]
         start = time.perf_counter()

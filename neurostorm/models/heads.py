@@ -30,7 +30,7 @@ class Standardise(nn.Module):
         self.sd.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        batch_centre = self.track_encoder and self.training and embedding.shape[0] > 1
+        batch_centre = self.track_encoder and self.training  # a batch of one clip then reads 0: only the bias learns
         centre = embedding.mean(dim=0, keepdim=True) if batch_centre else self.mean
         return (embedding - centre) / self.sd
 
