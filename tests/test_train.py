@@ -15,7 +15,7 @@ from neurostorm.models.weights import load_encoder
 from neurostorm.tasks.compare import Method
 from neurostorm.train.config import load_config, parse_override
 from neurostorm.train.data import LabelledClips
-from neurostorm.train.modules import AdaptModule, make_optimizer
+from neurostorm.train.modules import AdaptModule, adaptation_optim, make_optimizer
 from neurostorm.train.probe import embed_split
 
 
@@ -136,7 +136,7 @@ def test_a_head_tracking_its_encoder_centres_each_training_batch_by_its_own_mean
     assert torch.allclose(tracking.eval()(shifted), fixed.eval()(shifted))
 
 
-def test_the_encoder_trains_at_its_own_learning_rate_and_the_head_at_the_run_s():
+def test_a_pretrained_encoder_fine_tunes_at_its_own_rate_and_new_parameters_at_the_run_s():
     config = load_config("tiny", ["task.label=sex", "optim.lr=1e-3", "optim.pretrained_lr=5e-5"])
     module = AdaptModule(build_model("neurostorm-tiny"), ClassificationHead(128, 2), "classification", 2,
                          config.optim)
@@ -146,6 +146,10 @@ def test_the_encoder_trains_at_its_own_learning_rate_and_the_head_at_the_run_s()
     assert rates == {(True, 5e-5), (False, 1e-3)}
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == \
         sum(p.numel() for p in module.parameters())
+    for overrides in (["mode=prompt", "model.init=/a/pretrained/folder"], ["mode=full"]):  # new parameters only
+        assert adaptation_optim(load_config("tiny", ["optim.pretrained_lr=5e-5", *overrides])).pretrained_lr is None
+    assert adaptation_optim(load_config("tiny", ["optim.pretrained_lr=5e-5", "model.init=/a/pretrained/folder"])
+                            ).pretrained_lr == 5e-5
 
 
 def test_standardise_fits_each_dimension_and_leaves_a_constant_one_unscaled():
