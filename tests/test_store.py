@@ -2,9 +2,10 @@
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pytest
 
-from neurostorm.data.store import Store
+from neurostorm.data.store import Store, write_csv_atomic
 
 
 def test_read_clip_shape_and_bounds(store):
@@ -32,3 +33,21 @@ def test_clip_through_fsspec_reads_only_its_shard(store):
     # the deleted shards are really gone: zarr reads them as its fill value, not the data
     assert not np.array_equal(remote.read_clip(run_id, 0, 20), local.read_clip(run_id, 0, 20))
     memory.rm("/remote-store", recursive=True)
+
+
+def test_a_results_table_rewritten_in_vain_keeps_the_one_before(tmp_path, monkeypatch):
+    """A predictions or comparison table is replaced whole: a write that fails half-way (a full disk, a
+    killed process) leaves the previous file as it was and no temporary beside it."""
+    path = tmp_path / "predictions.csv"
+    write_csv_atomic(path, pd.DataFrame({"subject": ["sub-01"], "output": [0.5]}))
+    before = path.read_text()
+
+    def half_written(self, target, **options):
+        with open(target, "w") as handle:
+            handle.write("subject,out")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        write_csv_atomic(path, pd.DataFrame({"subject": ["sub-02"], "output": [0.7]}))
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]

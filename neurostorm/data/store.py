@@ -101,6 +101,12 @@ def write_parquet_atomic(path: Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
+def write_csv_atomic(path: Path, table: pd.DataFrame, **options) -> None:
+    """``table.to_csv(path, index=False, **options)``, whole or not at all (``sep="\t"`` for a .tsv)."""
+    with replaced_atomically(path) as tmp:
+        table.to_csv(tmp, index=False, **options)
+
+
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with replaced_atomically(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no ".npz"
         np.savez(handle, **arrays)

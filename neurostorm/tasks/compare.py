@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
+from neurostorm.data.store import write_csv_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import model_applies, model_input, reads_fixed_features, trains_head_on_clips
 from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
@@ -123,7 +124,7 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
                         f"site={site}_ci_high": value["ci_high"], f"site={site}_subjects": scores.get("n_subjects")})
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.to_csv(out / "table.csv", index=False)
+    write_csv_atomic(out / "table.csv", table)
     (out / "table.md").write_text(markdown_table(table, kind) + "\n")
     plot_comparison(table, kind, out / "comparison.png")
     return table

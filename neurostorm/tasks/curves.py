@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store, write_json_atomic
+from neurostorm.data.store import Store, write_csv_atomic, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.tasks.compare import METRICS, Method, compare, paired_differences
 from neurostorm.train.config import ExperimentConfig
@@ -115,8 +115,8 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
             differences += [{"train_subjects": n, "repeat": repeat, **d} for d in paired_differences(table, kind,
                                                                                                    pairs)]
     curve = pd.DataFrame(rows)
-    curve.to_csv(out / "curve.csv", index=False)
-    pd.DataFrame(differences).to_csv(out / "curve_differences.csv", index=False)
+    write_csv_atomic(out / "curve.csv", curve)
+    write_csv_atomic(out / "curve_differences.csv", pd.DataFrame(differences))
     plot_curve(curve, metric, out / "curve.png")
     return curve
 

@@ -28,7 +28,7 @@ from torch import nn
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.datasets import clip_tensor
 from neurostorm.data.grid import Grid
-from neurostorm.data.store import Store, write_json_atomic
+from neurostorm.data.store import Store, write_csv_atomic, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import check_stores_fit, fit_to_model
@@ -131,15 +131,15 @@ def write_outputs(maps: AttributionMaps, affine: np.ndarray, atlas: Atlas, out: 
             nib.save(nib.Nifti1Image(volume, affine), path)
             written[f"{cls}_{kind}"] = path
     rois = roi_table(maps, atlas)
-    rois.to_csv(out / "roi_attribution.csv", index=False)
+    write_csv_atomic(out / "roi_attribution.csv", rois)
     written["rois"] = out / "roi_attribution.csv"
     networks = network_table(rois)
     if networks is not None:
-        networks.to_csv(out / "network_attribution.csv", index=False)
+        write_csv_atomic(out / "network_attribution.csv", networks)
         written["networks"] = out / "network_attribution.csv"
     profile = pd.DataFrame(maps.time_profile.T, columns=[f"abs_{c}" for c in maps.classes])
     profile.insert(0, "frame", np.arange(len(profile)))
-    profile.to_csv(out / "time_profile.csv", index=False)
+    write_csv_atomic(out / "time_profile.csv", profile)
     written["time_profile"] = out / "time_profile.csv"
     written.update(plot_maps(maps, affine, out / "figures"))
     written["time_profile_png"] = plot_time_profiles(maps, out / "figures" / "time_profile.png")

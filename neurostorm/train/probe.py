@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurostorm.data.store import write_json_atomic, write_npz_atomic
+from neurostorm.data.store import write_csv_atomic, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.encoder import count_parameters
@@ -153,7 +153,7 @@ def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: 
     kind = config.task.kind
     n_classes = 1 if kind == "regression" else len(data.classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
-    frame.to_csv(run_dir / "predictions.csv", index=False)
+    write_csv_atomic(run_dir / "predictions.csv", frame)
     task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes, **info,
             "train_seconds": time.perf_counter() - start}
     metrics = metrics_with_ci(kind, n_classes, frame)

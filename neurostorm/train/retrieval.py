@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, clip_tensor
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store, data_summary, write_json_atomic
+from neurostorm.data.store import Store, data_summary, write_csv_atomic, write_json_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import EmbeddingHead
 from neurostorm.models.encoder import NeuroSTORM
@@ -222,7 +222,7 @@ def retrieval(config: ExperimentConfig, run_dir: Path) -> dict:
 def score_queries(queries: pd.DataFrame, task: dict, run_dir: Path) -> dict:
     """Metrics of a retrieval query table (one run's, or every fold's pooled): RUN_DIR/queries.csv,
     metrics.json and, for image retrieval, the rank histogram; returns the metrics."""
-    queries.to_csv(run_dir / "queries.csv", index=False)
+    write_csv_atomic(run_dir / "queries.csv", queries)
     metrics = retrieval_metrics(task["kind"], queries)
     metrics["task"] = task
     if task["kind"] == "image_retrieval":

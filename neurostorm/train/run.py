@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.splits import site_split
-from neurostorm.data.store import Store, data_summary, write_json_atomic, write_npz_atomic
+from neurostorm.data.store import Store, data_summary, write_csv_atomic, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.models import (
     ClassificationHead,
@@ -179,7 +179,7 @@ def report(run_dir: Path, module: AdaptModule, data: LabelledClips, task: dict) 
     """Test predictions, metrics with CIs, figures; returns the metrics."""
     module.eval()
     frame = predict_clips(module, data.loader("test"))
-    frame.to_csv(run_dir / "predictions.csv", index=False)
+    write_csv_atomic(run_dir / "predictions.csv", frame)
     metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
     metrics["task"] = task
     if data.config.data.test_sites:
@@ -259,7 +259,7 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
     module, task = load_adapted(folder, config.optim)
     check_stores_fit([config.data.stores[0].path], module.encoder.config.img_size, str(folder))
     frame = predict_clips(module, _all_clips(config, config.data.stores[0].path))
-    frame.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv_atomic(out_dir / "predictions.csv", frame)
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
     if task["kind"] == "task_state":  # a condition per clip: no per-subject summary
         out, table = outputs, frame[["subject", "run_id", "start"]].copy()
@@ -274,7 +274,7 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
         table[name] = [task["classes"][k] for k in prob.argmax(1)]
         for k, cls in enumerate(task["classes"]):
             table[f"p_{cls}"] = prob[:, k]
-    table.to_csv(out_dir / "subject_predictions.csv", index=False)
+    write_csv_atomic(out_dir / "subject_predictions.csv", table)
     return table
 
 
@@ -330,7 +330,7 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
     pooled = pd.concat(frames, ignore_index=True)
     if config.task.kind in RETRIEVAL:
         return score_queries(pooled, task, run_dir)
-    pooled.to_csv(run_dir / "predictions.csv", index=False)
+    write_csv_atomic(run_dir / "predictions.csv", pooled)
     result = metrics_with_ci(task["kind"], task["n_classes"], pooled)
     result["task"] = task
     if "site" in subjects.columns:
