@@ -9,15 +9,21 @@ reports runs without a row, parts waiting for a merge and temporaries (live jobs
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from neurostorm.data.manifest import PARTS
-from neurostorm.data.store import OPEN_ERRORS, SHARD_FRAMES, Store, filesystem, find_temporaries, is_url, run_names
+from neurostorm.data.store import (
+    OPEN_ERRORS,
+    SHARD_FRAMES,
+    DataDigest,
+    Store,
+    filesystem,
+    find_temporaries,
+    is_url,
+    run_names,
+)
 
 _RECORDED = ("source_sha256", "params", "n_frames", "storage")
 
@@ -35,12 +41,10 @@ class StoreCheck:
 
 def _data_sha256(store: Store, run_id: str) -> str:
     group = store.run(run_id)
-    digest = hashlib.sha256()
+    digest = DataDigest()
     for start in range(0, group["bold"].shape[0], SHARD_FRAMES):
-        digest.update(np.ascontiguousarray(group["bold"][start:start + SHARD_FRAMES]).tobytes())
-    if "scale" in group:
-        digest.update(np.asarray(group["scale"][...], dtype=np.float32).tobytes())
-    return digest.hexdigest()
+        digest.add_frames(group["bold"][start:start + SHARD_FRAMES])
+    return digest.hexdigest(group["scale"][...] if "scale" in group else [])
 
 
 def _check_run(store: Store, row: dict, grid_shape: tuple[int, ...], data: bool) -> list[str]:

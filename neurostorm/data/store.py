@@ -91,6 +91,22 @@ def data_summary(stores: list[Store]) -> dict:
             "subjects": sum(int(m["subject"].nunique()) for m in manifests if len(m))}
 
 
+class DataDigest:
+    """A run's ``data_sha256``: SHA-256 of its stored values frame by frame, then of its int8 scales (float32;
+    none for a float16 run) — computed as the run is written, and again by ``neurostorm check --data``."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        """One frame (X, Y, Z) or consecutive frames (T, X, Y, Z), in storage dtype."""
+        self._sha.update(np.ascontiguousarray(frames).tobytes())
+
+    def hexdigest(self, scales) -> str:
+        self._sha.update(np.asarray(scales, dtype=np.float32).tobytes())
+        return self._sha.hexdigest()
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     with replaced_atomically(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -191,12 +207,12 @@ class RunWriter:
         self._buffer: list[np.ndarray] = []
         self._scales: list[float] = []
         self._written = 0
-        self._digest = hashlib.sha256()  # of the stored values, frame by frame, then the scales
+        self._digest = DataDigest()
 
     def append(self, frame: np.ndarray, scale: float | None = None) -> None:
         """Add the next frame (X, Y, Z) in storage dtype, with its int8 scale."""
         self._buffer.append(frame)
-        self._digest.update(np.ascontiguousarray(frame).tobytes())
+        self._digest.add_frames(frame)
         if scale is not None:
             self._scales.append(scale)
         if len(self._buffer) == SHARD_FRAMES:
@@ -219,8 +235,7 @@ class RunWriter:
         self._flush()
         if self._written != self.bold.shape[0]:
             raise RuntimeError(f"{self.run_id}: wrote {self._written} of {self.bold.shape[0]} frames")
-        self._digest.update(np.asarray(self._scales, dtype=np.float32).tobytes())
-        record = {**record, "data_sha256": self._digest.hexdigest()}
+        record = {**record, "data_sha256": self._digest.hexdigest(self._scales)}
         self.group.attrs.update({**record, "complete": True})
         if is_url(self.location):
             fs, root = filesystem(self.location)
