@@ -44,7 +44,7 @@ def _data_sha256(store: Store, run_id: str) -> str:
     digest = DataDigest()
     for start in range(0, group["bold"].shape[0], SHARD_FRAMES):
         digest.add_frames(group["bold"][start:start + SHARD_FRAMES])
-    return digest.hexdigest(group["scale"][...] if "scale" in group else [])
+    return digest.finish(group["scale"][...] if "scale" in group else [])
 
 
 def _check_run(store: Store, row: dict, grid_shape: tuple[int, ...], data: bool) -> list[str]:

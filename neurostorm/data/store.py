@@ -102,7 +102,8 @@ class DataDigest:
         """One frame (X, Y, Z) or consecutive frames (T, X, Y, Z), in storage dtype."""
         self._sha.update(np.ascontiguousarray(frames).tobytes())
 
-    def hexdigest(self, scales) -> str:
+    def finish(self, scales) -> str:
+        """The hex digest, once the scales (an empty list when none) are added last."""
         self._sha.update(np.asarray(scales, dtype=np.float32).tobytes())
         return self._sha.hexdigest()
 
@@ -235,7 +236,7 @@ class RunWriter:
         self._flush()
         if self._written != self.bold.shape[0]:
             raise RuntimeError(f"{self.run_id}: wrote {self._written} of {self.bold.shape[0]} frames")
-        record = {**record, "data_sha256": self._digest.hexdigest(self._scales)}
+        record = {**record, "data_sha256": self._digest.finish(self._scales)}
         self.group.attrs.update({**record, "complete": True})
         if is_url(self.location):
             fs, root = filesystem(self.location)

@@ -81,9 +81,10 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
 
 
 def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTORM):
+    track_encoder = config.mode == "full"  # a standardising head follows an encoder whose weights train
     if config.task.kind == "regression":
         targets = data.train_targets().astype(float)
-        head = RegressionHead(encoder.out_dim, config.head_standardise, config.mode == "full")
+        head = RegressionHead(encoder.out_dim, config.head_standardise, track_encoder)
         return head, 1, float(targets.mean()), float(targets.std() or 1.0), None
     n_classes = len(data.classes or [])
     if n_classes < 2:
@@ -92,7 +93,7 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
     if config.task.class_weights:
         counts = np.bincount(data.train_targets().astype(int), minlength=n_classes)
         weights = counts.sum() / (n_classes * np.maximum(counts, 1))
-    head = ClassificationHead(encoder.out_dim, n_classes, config.head_standardise, config.mode == "full")
+    head = ClassificationHead(encoder.out_dim, n_classes, config.head_standardise, track_encoder)
     return head, n_classes, 0.0, 1.0, weights
 
 
@@ -128,7 +129,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     if config.head_standardise and checkpoint is None:  # a resumed run reads the statistics from its checkpoint
         fit_head_scale(head, encoder, data)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
-    refit = partial(fit_head_scale, head, encoder, data) if config.head_standardise and config.mode == "full" else None
+    refit = partial(fit_head_scale, head, encoder, data) if getattr(head.scale, "track_encoder", False) else None
     module = AdaptModule(encoder, head, config.task.kind, n_classes, adaptation_optim(config), mean, std, weights,
                          steps, refit)
     trainer = make_trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
