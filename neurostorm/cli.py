@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from neurostorm import __version__
 from neurostorm.data.grid import GRIDS
-from neurostorm.errors import InputError
+from neurostorm.errors import InputError, Interrupted
+
+# what a stopped command leaves, said in its one line
+AFTER_A_STOP = {
+    "preprocess": "the runs finished before it are complete in the store and none is partial; run the same "
+                  "command again to go on",
+    "roi": "the runs finished before it are complete; run the same command again to go on",
+    "pretrain": "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)",
+    "finetune": "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)",
+}
+
+
+SETTINGS_HELP = ("KEY=VALUE settings: mode=full|prompt|lora|probe, task.kind, task.label, data.stores=[STORE], "
+                 "model.init=scratch|FOLDER|org/name|FILE.ckpt, optim.epochs, optim.lr, data.cv_folds, ...; "
+                 "'neurostorm config --config tiny' prints every setting with its value")
 
 
 def _tr(value: str) -> float | None:
@@ -162,6 +179,15 @@ def _print_metrics(metrics: dict) -> None:
         print(f"  note: {metrics['note']}")
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from neurostorm.train.config import config_as_plain
+
+    print(yaml.safe_dump(config_as_plain(_experiment(args)), sort_keys=False), end="")
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from neurostorm.train.run import pretrain
 
@@ -247,7 +273,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from neurostorm.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, seed=args.seed, subjects=args.subjects)
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, subjects=args.subjects, progress=not args.quiet)
     print(f"report: {report}")
     return 0
 
@@ -341,14 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     def add_run(name: str, helptext: str, handler: Callable[[argparse.Namespace], int], resumable: bool = True
                 ) -> None:
         command = add(name, helptext, handler)
+        command.epilog = SETTINGS_HELP
         command.add_argument("--config", required=True, help="YAML file, or a preset: tiny, base")
         command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.batch_size=2")
         command.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
         if resumable:
             command.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
 
+    settings = add("config", "print the complete configuration of a preset or YAML file with overrides: every "
+                   "KEY=VALUE setting there is, with its value", _cmd_config)
+    settings.add_argument("--config", default="tiny", help="YAML file, or a preset: tiny, base")
+    settings.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. mode=lora task.label=age")
     add_run("pretrain", "STORM masked pretraining over one or more stores", _cmd_pretrain)
-    add_run("finetune", "adapt an encoder to a label: full fine-tuning, prompt tuning or linear probe",
+    add_run("finetune", "adapt an encoder to a label, task state or retrieval: full fine-tuning (mode=full), "
+            "prompt tuning (mode=prompt), LoRA (mode=lora) or a linear probe of the frozen encoder (mode=probe)",
             _cmd_finetune)
     add_run("embed", "pooled encoder embeddings of every clip of the configured stores", _cmd_embed, False)
     add_run("predict", "apply a fine-tuned model (model.init = its model folder) to a store", _cmd_predict, False)
@@ -410,10 +442,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")  # Lightning on new torch
         warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
         try:
-            return args.handler(args)
+            with _stopped_by_signals():
+                return args.handler(args)
         except InputError as err:
             print(f"neurostorm {args.command}: {err}", file=sys.stderr)
             return 2
+        except (Interrupted, KeyboardInterrupt) as stop:
+            name = stop.signal_name if isinstance(stop, Interrupted) else "SIGINT"
+            after = AFTER_A_STOP.get(args.command, "its outputs are written whole or not at all")
+            print(f"neurostorm {args.command}: stopped by {name}; {after}", file=sys.stderr)
+            return 128 + signal.Signals[name].value
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM raise :class:`Interrupted` in the main thread while a command
+    runs, so either ends it with one line on stderr; the handlers before are put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,10 @@ def preprocess_stores(bids: Path, out: Path, names: tuple[str, ...] = tuple(STOR
     return stores
 
 
-def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int | None = None) -> Path:
-    """Run everything into ``out``; returns the path of ``report.md`` (``metrics.json`` beside it)."""
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int | None = None,
+             progress: bool = True) -> Path:
+    """Run everything into ``out``; returns the path of ``report.md`` (``metrics.json`` beside it). Without
+    ``progress`` no progress bar is drawn (the line per finished stage stays)."""
     out = Path(out)
     size = SIZES["quick" if quick else "default"]
     cohort = demo_cohort(quick, seed, subjects)
@@ -121,7 +123,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
     start = time.perf_counter()
     pretraining = [*common, "optim.lr=3e-3", f"optim.epochs={size.pretrain_epochs}",
                    f"data.stores=[{{path: {out / 'store-rest'}, max_clips: {size.pretrain_clips}}}]"]
-    pretrain(load_config("tiny", pretraining), out / "runs" / "pretrain")
+    pretrain(load_config("tiny", [*pretraining, *([] if progress else ["trainer.progress=false"])]),
+             out / "runs" / "pretrain")
     _stage("pretrain", stages, start)
     pretrained = out / "runs" / "pretrain" / "model"
     methods = [Method.parse(METHODS[label].format(pretrained=pretrained), label) for label in size.methods]
@@ -136,7 +139,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
         config = load_config("tiny", [*overrides, *folds])
-        table = compare(config, methods, folder)  # one progress bar per family
+        table = compare(config, methods, folder, progress=progress)  # one progress bar per family
         kind = config.task.kind
         families[family] = {"kind": kind, "folder": str(folder), "table": table,
                             "differences": paired_differences(table, kind, PAIRS),

@@ -19,3 +19,15 @@ class InputError(ValueError):
     def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
         # rebuilt from both fields after pickling (worker processes, Dask); the default would pass one
         return type(self), (self.path, self.problem)
+
+
+class Interrupted(BaseException):
+    """The command was stopped by a signal (Ctrl-C's SIGINT, a scheduler's SIGTERM).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that code which reports a failed run and goes on
+    with the next never swallows it.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+        super().__init__(signal_name)

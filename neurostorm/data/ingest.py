@@ -214,30 +214,64 @@ def in_shard(run_id: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big") % count == index - 1
 
 
-def repetition_time(source: RunSource, header: nib.Nifti1Header, override: float | None = None) -> float:
-    """TR in seconds: ``override``, else the sidecar's RepetitionTime, else the NIfTI header.
+MS_TR_ABOVE = 100.0  # a TR above this many seconds can only be milliseconds (BIDS and NIfTI say seconds)
+
+
+def _sidecar_tr(source: RunSource) -> float:
+    """The sidecar's RepetitionTime in seconds; a value that can only be milliseconds is converted, with a warning."""
+    value = source.sidecar["RepetitionTime"]
+    try:
+        tr = float(value)
+    except (TypeError, ValueError):
+        raise InputError(source.path, f"RepetitionTime {value!r} in the JSON sidecar is not a number of seconds "
+                                      "(give --input-tr SECONDS)") from None
+    if not (np.isfinite(tr) and tr > 0):
+        raise InputError(source.path, f"RepetitionTime {value!r} in the JSON sidecar is not positive")
+    if tr > MS_TR_ABOVE:
+        warnings.warn(f"{source.path}: sidecar RepetitionTime {value!r} read as milliseconds ({tr / 1000:g} s); "
+                      "BIDS gives it in seconds", stacklevel=3)
+        tr /= 1000.0
+    return tr
+
+
+def _header_tr(source: RunSource, header: nib.Nifti1Header) -> float | None:
+    """The header's TR in seconds (pixdim[4] in its time unit), or None where pixdim[4] is 0 or missing.
 
     A header whose time unit says seconds but whose TR is above 100 is read as milliseconds (a known
     header defect, e.g. nibabel's ``example4d.nii.gz``), with a warning.
     """
-    if override is not None:
-        return float(override)
-    if "RepetitionTime" in source.sidecar:
-        tr = float(source.sidecar["RepetitionTime"])
-        if not tr > 0:
-            raise InputError(source.path, f"RepetitionTime {tr} in the JSON sidecar is not positive")
-        return tr
     zooms = header.get_zooms()
     tr = float(zooms[3]) if len(zooms) > 3 else 0.0
-    unit = header.get_xyzt_units()[1]
     if not np.isfinite(tr) or tr <= 0:
-        raise InputError(source.path, "missing TR: no RepetitionTime in a JSON sidecar and pixdim[4] is 0 "
-                                      "(give --input-tr SECONDS)")
+        return None
+    unit = header.get_xyzt_units()[1]
     scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
-    if scale == 1.0 and tr > 100:
-        warnings.warn(f"{source.path}: header TR {tr} with unit '{unit}' read as milliseconds", stacklevel=2)
+    if scale == 1.0 and tr > MS_TR_ABOVE:
+        warnings.warn(f"{source.path}: header TR {tr} with unit '{unit}' read as milliseconds", stacklevel=3)
         scale = 1e-3
     return tr * scale
+
+
+def repetition_time(source: RunSource, header: nib.Nifti1Header, override: float | None = None) -> float:
+    """TR in seconds: ``override``, else the sidecar's RepetitionTime, else the NIfTI header.
+
+    Values that can only be milliseconds (above 100) are converted with a warning naming the file; a sidecar
+    TR that disagrees with the header's is used and reported; a TR that is not a positive number is an error.
+    """
+    if override is not None:
+        return float(override)
+    header_tr = _header_tr(source, header)
+    if "RepetitionTime" in source.sidecar:
+        tr = _sidecar_tr(source)
+        if header_tr is not None and abs(header_tr - tr) > 1e-3 * tr:
+            warnings.warn(f"{source.path}: sidecar RepetitionTime {tr:g} s disagrees with the header's "
+                          f"{header_tr:g} s; using the sidecar's {tr:g} s (BIDS; --input-tr overrides)",
+                          stacklevel=2)
+        return tr
+    if header_tr is None:
+        raise InputError(source.path, "missing TR: no RepetitionTime in a JSON sidecar and pixdim[4] is 0 "
+                                      "(give --input-tr SECONDS)")
+    return header_tr
 
 
 def _subject_key(value: object) -> str:

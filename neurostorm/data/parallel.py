@@ -10,6 +10,8 @@ as in a single process, so memory per task stays that of one run.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -28,6 +30,17 @@ def check_dask_address(address: str) -> str:
     return address
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the run in progress (its temporary is removed), then ends quietly
+
+
+def _worker_signals() -> None:
+    """In a local worker process: Ctrl-C is the main process's to handle (it stops the workers), and SIGTERM
+    (from a scheduler, or from the main process stopping) ends the worker once the run it was writing is undone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
 class TaskRunner:
     """Run independent tasks and hand back their results as they finish.
 
@@ -42,6 +55,7 @@ class TaskRunner:
 
     def __init__(self, workers: int = 1, dask: str | None = None) -> None:
         self.workers, self.client, self.cluster = workers, None, None
+        self.pool: ProcessPoolExecutor | None = None
         if dask is not None:
             self._connect(check_dask_address(dask))
 
@@ -63,7 +77,15 @@ class TaskRunner:
     def __enter__(self) -> TaskRunner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=error_type is None, cancel_futures=True)
+            if error_type is not None:  # stopped or failed: end the runs in progress now, not when they finish
+                children = multiprocessing.active_children()
+                for child in children:
+                    child.terminate()
+                for child in children:
+                    child.join(timeout=30)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -82,7 +104,7 @@ class TaskRunner:
             for index, args in enumerate(arguments):
                 yield index, function(*args)
         else:
-            with ProcessPoolExecutor(max_workers=self.workers) as pool:
-                futures = {pool.submit(function, *args): i for i, args in enumerate(arguments)}
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_signals)
+            futures = {self.pool.submit(function, *args): i for i, args in enumerate(arguments)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()

@@ -51,7 +51,7 @@ _READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.I
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Parameters of preprocessing; all but ``block_frames`` are recorded with every run."""
+    """Parameters of preprocessing; all but ``block_frames`` and ``max_upsampling`` are recorded with every run."""
 
     tr: float | None = 0.8  # target TR in seconds; None keeps each run's own TR
     input_tr: float | None = None  # override the source TR (when headers and sidecars lack it)
@@ -60,6 +60,7 @@ class PreprocessConfig:
     fill_floor: float | None = None  # z; None: the reference (background at the brain minimum, however low)
     storage: str = "int8"  # "int8" (per-frame symmetric scale) or "float16"
     min_frames: int = 20  # a run shorter than this after resampling is refused (one clip)
+    max_upsampling: float = 10.0  # a run resampled to more than this many times its frames is refused (a TR misread)
     non_mni: str = "error"  # "error" or "warn" when the data does not look like whole-brain MNI
     min_mni_overlap: float = 0.8  # share of the data's brain inside the (dilated) MNI brain
     min_mni_coverage: float = 0.5  # share of the MNI brain covered by the data's brain
@@ -76,12 +77,15 @@ class PreprocessConfig:
             raise ValueError(f"unknown grid {self.grid!r}; known: {sorted(GRIDS)}")
         if self.tr is not None and self.tr <= 0:
             raise ValueError(f"target TR must be positive, got {self.tr}")
+        if not self.max_upsampling >= 1:
+            raise ValueError(f"max_upsampling must be at least 1, got {self.max_upsampling}")
         if self.fill_floor is not None and not (self.normalization == "zscore" and -1e6 < self.fill_floor < 0):
             raise ValueError(f"fill_floor must be a negative z value with zscore normalisation, got {self.fill_floor}")
 
     def recorded(self) -> dict:
         params = asdict(self)
         params.pop("block_frames")
+        params.pop("max_upsampling")  # a check, not a step: the stored values do not depend on it
         if self.fill_floor is None:  # stores written before the setting existed stay up to date
             params.pop("fill_floor")
         return params
@@ -164,6 +168,10 @@ class _Run:
         if self.n_frames < config.min_frames:
             raise InputError(path, f"{self.n_frames} frames after resampling to TR {self.tr:g} s, "
                                    f"fewer than one clip of {config.min_frames}")
+        if self.n_frames > config.max_upsampling * shape[3]:
+            raise InputError(path, f"source TR {self.tr_source:g} s would resample {shape[3]} frames to "
+                                   f"{self.n_frames} at TR {self.tr:g} s, more than {config.max_upsampling:g} times "
+                                   "as many: is the TR right? (give --input-tr SECONDS, or --tr keep)")
         self.grid: Grid = GRIDS[config.grid]
         self.reslice = Reslicer(self.img.affine, shape, self.grid, order=1)
 
@@ -173,7 +181,7 @@ class _Run:
         for start in range(first, n, block):
             stop = min(start + block, n)
             try:
-                data = np.asarray(self.img.dataobj[..., start:stop], dtype=np.float32)
+                data = np.asarray(self.img.dataobj[:, :, :, start:stop], dtype=np.float32)  # any trailing size-1 axes
             except _READ_ERRORS as err:
                 raise InputError(self.source.path, f"cannot read frames {start}-{stop - 1}: {err} "
                                                    "(truncated or corrupt file?)") from None
@@ -413,6 +421,9 @@ def _process_reporting(source: RunSource, store: str, config: PreprocessConfig, 
             outcome: dict | InputError = _process_one(source, store, config, labels, previous)
         except InputError as err:
             outcome = err
+        except Exception as err:  # an input nothing above foresaw: this run fails, the job's other runs go on
+            outcome = InputError(source.path, f"cannot be preprocessed ({type(err).__name__}: {err}); "
+                                              "nothing of it was written")
     return outcome, [(str(w.message), w.category) for w in caught]
 
 

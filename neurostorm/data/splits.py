@@ -29,7 +29,8 @@ def make_split(subjects: pd.DataFrame, fractions: tuple[float, float, float] = (
     per_subject = subjects.drop_duplicates("subject").set_index("subject")
     ids = np.asarray(sorted(per_subject.index))
     if len(ids) < 3:
-        raise ValueError(f"need at least 3 subjects to split, got {len(ids)}")
+        raise InputError("data.stores", f"{len(ids)} subject(s) to split; a train / validation / test split needs "
+                                        "at least 3 (preprocess more subjects into the store)")
     strata = per_subject.loc[ids, stratify].astype(str).to_numpy() if stratify else None
     n_test = max(1, int(round(fractions[2] * len(ids))))
     n_val = max(1, int(round(fractions[1] * len(ids))))

@@ -167,9 +167,23 @@ def read_store_info(location: str) -> dict | None:
     return info
 
 
+# what a store folder holds besides temporaries (dot-names): a folder with anything else is not a store
+STORE_ENTRIES = ("store.json", "runs", "manifest.parquet", "manifest.d", "manifest.lock", "qc_orientation.png")
+
+
 def open_store_for_writing(location: str, grid: dict) -> None:
     """Create the store at ``location`` or check an existing one: same grid, a format this version writes.
     A ``/1`` store is upgraded in place (its runs and manifest stay valid)."""
+    if not is_url(location):
+        folder = Path(location)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(location, "is a file: give --out a new folder or an existing store")
+        foreign = [p.name for p in folder.iterdir() if p.name not in STORE_ENTRIES and not p.name.startswith(".")] \
+            if folder.is_dir() and not (folder / "store.json").exists() else []
+        if foreign:
+            raise InputError(location, f"is a folder of other files ({', '.join(sorted(foreign)[:3])}"
+                                       f"{', …' if len(foreign) > 3 else ''}), not a "
+                                       "store: give --out a new or empty folder, or an existing store to add runs to")
     info = read_store_info(location)
     if info is not None and info["grid"]["name"] != grid["name"]:
         raise InputError(location, f"store grid {info['grid']['name']} differs from {grid['name']}")
@@ -198,13 +212,17 @@ class RunWriter:
             self.tmp = Path(tempfile.mkdtemp(prefix="neurostorm-")) / f"{run_id}.zarr"
         else:
             self.tmp = owned_temporary(Path(location) / "runs" / f"{run_id}.zarr")
-        self.group = zarr.open_group(LocalStore(self.tmp), mode="w")
-        shard = (min(SHARD_FRAMES, n_frames), *grid_shape)
-        self.bold = self.group.create_array("bold", shape=(n_frames, *grid_shape), dtype=dtype,
-                                            chunks=(1, *grid_shape), shards=shard)
-        self.scale = self.group.create_array("scale", shape=(n_frames,), dtype="float32") \
-            if dtype == "int8" else None
-        self.group.create_array("mask", data=np.asarray(mask, dtype=bool))
+        try:  # stopped here (a signal), the temporary goes with it
+            self.group = zarr.open_group(LocalStore(self.tmp), mode="w")
+            shard = (min(SHARD_FRAMES, n_frames), *grid_shape)
+            self.bold = self.group.create_array("bold", shape=(n_frames, *grid_shape), dtype=dtype,
+                                                chunks=(1, *grid_shape), shards=shard)
+            self.scale = self.group.create_array("scale", shape=(n_frames,), dtype="float32") \
+                if dtype == "int8" else None
+            self.group.create_array("mask", data=np.asarray(mask, dtype=bool))
+        except BaseException:
+            self.abort()
+            raise
         self._buffer: list[np.ndarray] = []
         self._scales: list[float] = []
         self._written = 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
@@ -200,19 +201,32 @@ def _count(value) -> str:
 def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
     """The headline metric of each method with its 95 % CI, chance as a dashed line."""
     metric = METRICS[kind][0]
-    done = table[table["note"].fillna("") == ""] if "note" in table else table
+    done = table[table[metric].notna()] if metric in table else table.iloc[:0]  # methods that ran
     fig = Figure(figsize=(max(5.0, 1.1 * len(done) + 2), 4))
     ax = fig.subplots()
     if len(done):
         values = done[metric].to_numpy(float)
         errors = np.abs(np.stack([values - done[f"{metric}_ci_low"].to_numpy(float),
                                   done[f"{metric}_ci_high"].to_numpy(float) - values]))
-        ax.bar(range(len(done)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-        ax.set_xticks(range(len(done)), done["method"].tolist(), rotation=20, ha="right")
+        noted = done["note"].fillna("").astype(bool).to_numpy() if "note" in done else np.zeros(len(done), bool)
+        bars = ax.bar(range(len(done)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        for bar, has_note in zip(bars, noted, strict=True):
+            if has_note:  # e.g. decided as one class: drawn, and marked as read with its note
+                bar.set(hatch="//", facecolor="white", edgecolor="tab:blue")
+        names = [f"{name} *" if has_note else name for name, has_note in zip(done["method"], noted, strict=True)]
+        ax.set_xticks(range(len(done)), names, rotation=20, ha="right")
         chance = done[f"{metric}_chance"].dropna()
         if len(chance):
             ax.axhline(float(chance.iloc[0]), color="grey", ls="--", lw=1, label="chance")
-            ax.legend()
+        handles = ax.get_legend_handles_labels()[0]
+        if noted.any():
+            handles.append(Patch(hatch="//", facecolor="white", edgecolor="tab:blue",
+                                 label="* read with its note (table.md)"))
+        if handles:
+            ax.legend(handles=handles, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no method gave a {metric.replace('_', ' ')}: see the notes in table.md",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set(ylabel=metric.replace("_", " "), title=f"{kind.replace('_', ' ')}: {metric} with 95 % CI")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,15 +80,17 @@ def subject_clips(store: Store, subject: str, length: int, most: int) -> list[tu
             for i in picks] if candidates else []
 
 
-def attribute(model: ClassOutputs, classes: list[str], clips_by_subject: dict[str, list[tuple[torch.Tensor, float]]],
-              steps: int = 32) -> AttributionMaps:
-    """Average IG maps per class over each subject's clips, then over subjects."""
-    model.eval()
+def attribute(model: ClassOutputs | dict[str, ClassOutputs], classes: list[str],
+              clips_by_subject: dict[str, list[tuple[torch.Tensor, float]]], steps: int = 32) -> AttributionMaps:
+    """Average IG maps per class over each subject's clips, then over subjects. ``model`` is one model for
+    every subject or, for a cross-validated run, the model of each subject (the fold that tested it)."""
     per_subject = []
-    for clips in clips_by_subject.values():
+    for subject, clips in clips_by_subject.items():
+        explained = model[subject] if isinstance(model, dict) else model
+        explained.eval()
         maps = []
         for clip, fill in clips:
-            per_class = [integrated_gradients(model, clip, fill, c, steps) for c in range(len(classes))]
+            per_class = [integrated_gradients(explained, clip, fill, c, steps) for c in range(len(classes))]
             a = torch.stack(per_class).numpy()  # (C, X, Y, Z, T)
             maps.append((a.sum(-1), np.abs(a).sum(-1), np.abs(a).sum(axis=(1, 2, 3))))
         per_subject.append([np.mean([m[k] for m in maps], axis=0) for k in range(3)])
@@ -208,12 +210,19 @@ def explain(target: str | Path, out: str | Path, config: ExperimentConfig | None
             subjects: list[str] | None = None, clips: int = 4, steps: int = 32, atlas: str = "power264") -> dict:
     """Attribution maps of a fine-tuned run (its folder, or its ``model`` folder with ``config`` naming the
     store) on ``subjects`` (default: the run's test subjects, else every subject of the store), ``clips``
-    clips each. Writes maps, tables and figures into ``out``; returns the summary also saved as JSON."""
+    clips each. A cross-validated run explains each subject with the model of the fold that tested it.
+    Writes maps, tables and figures into ``out``; returns the summary also saved as JSON."""
     target = Path(target)
-    run_dir = target if (target / "model" / "task.json").exists() else None
-    folder = target / "model" if run_dir else target
-    if not (folder / "task.json").exists():
-        raise InputError(target, "not a fine-tuned run or its model folder (no task.json)")
+    folds = sorted(target.glob("fold-*/model/task.json"))
+    run_dir = target if (target / "model" / "task.json").exists() or folds else None
+    folders = [path.parent for path in folds] or [target / "model" if run_dir else target]
+    if not (folders[0] / "task.json").exists():
+        what = "not a fine-tuned run or its model folder (no task.json)"
+        if (target / "config.yaml").exists():
+            run = load_config(target / "config.yaml")
+            what = f"a {run.task.kind} run with mode={run.mode}, which exports no network with a head (no task.json)"
+        raise InputError(target, f"{what}; explain maps the predictions of classification, regression and task-"
+                                 "state runs fine-tuned with mode full, prompt or lora")
     if config is None:
         if run_dir is None or not (run_dir / "config.yaml").exists():
             raise InputError(target, "a model folder alone does not say which store to read: give --config")
@@ -223,21 +232,29 @@ def explain(target: str | Path, out: str | Path, config: ExperimentConfig | None
     if clips < 1 or steps < 2:
         raise InputError("explain", f"need at least 1 clip and 2 integration steps, got {clips} and {steps}")
     store = Store(config.data.stores[0].path)
-    module, task = load_adapted(folder)
-    check_stores_fit([store.location], module.encoder.config.img_size, str(folder))
-    chosen = _subjects(store, run_dir, subjects)
     length = config.data.sequence_length
+    models, tested_by = {}, {}
+    for folder in folders:  # one model, or one per fold with the subjects it tested
+        module, task = load_adapted(folder)
+        check_stores_fit([store.location], module.encoder.config.img_size, str(folder))
+        classes = [task["label"] or "output"] if task["kind"] == "regression" else [str(c) for c in task["classes"]]
+        models[folder] = ClassOutputs(module.encoder, module.head,
+                                      binary=task["kind"] != "regression" and len(classes) == 2)
+        for subject in _subjects(store, folder.parent if run_dir else None, subjects if len(folders) == 1 else None):
+            tested_by[subject] = folder
+    chosen = [s.removeprefix("sub-") for s in subjects] if subjects else sorted(tested_by)
+    if missing := sorted(set(chosen) - set(tested_by)):
+        raise InputError(target, f"no fold of this cross-validated run tested subject(s) {missing}")
     clips_by_subject = {s: c for s in chosen if (c := subject_clips(store, s, length, clips))}
     if not clips_by_subject:
         raise InputError(store.location, f"no run of the chosen subjects holds one clip of {length} frames")
-    classes = [task["label"] or "output"] if task["kind"] == "regression" else [str(c) for c in task["classes"]]
-    model = ClassOutputs(module.encoder, module.head, binary=task["kind"] != "regression" and len(classes) == 2)
-    maps = attribute(model, classes, clips_by_subject, steps)
+    maps = attribute({s: models[tested_by[s]] for s in clips_by_subject}, classes, clips_by_subject, steps)
     info = store.info["grid"]
     grid = Grid(info["name"], tuple(info["shape"]), tuple(map(tuple, info["affine"])))
     written = write_outputs(maps, store.grid_affine, load_atlas(atlas, grid), Path(out))
     top = pd.read_csv(written["rois"]).head(10)
-    summary = {"model": str(folder), "store": store.location, "task": task["kind"], "classes": classes,
+    summary = {"model": str(folders[0]) if len(folders) == 1 else [str(f) for f in folders],
+               "store": store.location, "task": task["kind"], "classes": classes,
                "subjects": maps.subjects, "clips": maps.clips, "clip_frames": length, "steps": steps,
                "baseline": "each run's background value (store fill_value) at every voxel and frame",
                "atlas": atlas, "top_rois": top[["rank", "name", "mean_abs"]].to_dict("records"),

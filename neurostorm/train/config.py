@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from neurostorm.errors import InputError
@@ -56,7 +59,9 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = "classification"  # classification | regression | task_state | image_retrieval | reidentification
+    # classification | regression | task_state | image_retrieval | reidentification; when not given: regression
+    # for a numeric label with more than CLASSES_AT_MOST values in the store, else classification
+    kind: str = "classification"
     label: str | None = None  # column of the store's labels (participants.tsv); task_state: not used
     class_weights: bool = False  # weight classes by inverse frequency in the loss
     events: list[str] = field(default_factory=list)  # task_state: folders holding the runs' *_events.tsv
@@ -143,27 +148,71 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a text"}
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the annotation ``hint`` wants it (a YAML ``1e-4`` string as a float, a number as a text),
+    or a ValueError naming the setting and what it expects."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option, where)
+            except ValueError:
+                continue
+        expected = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
+        raise ValueError(f"{where}: expected {expected.replace('NoneType', 'null')}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        element = args[0] if args else Any
+        return origin(_typed(v, element, where) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping such as {{key: value}}, got {value!r}")
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if hint is str and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+        return str(value)
+    if hint in _TYPE_NAMES:
+        raise ValueError(f"{where}: expected {_TYPE_NAMES[hint]}, got {value!r}")
+    return value
+
+
 def _build(cls, values: dict, where: str):
-    """Dataclass ``cls`` from a (nested) dict, refusing unknown keys."""
+    """Dataclass ``cls`` from a (nested) dict, refusing unknown keys and values of the wrong type."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise ValueError(f"{where or 'config'}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         kind = {"task": TaskConfig, "data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                 "trainer": TrainerConfig}.get(name) if cls is ExperimentConfig else None
         if kind is not None:
-            value = _build(kind, value, f"{where}.{name}")
+            value = _build(kind, value, name)
         elif cls is DataConfig and name == "stores":
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.stores: expected a list such as [store], got {value!r}")
             value = [_build(StoreSource, {"path": v} if isinstance(v, str) else v, f"{where}.stores") for v in value]
-        elif cls is DataConfig and name == "split_fractions":
-            value = tuple(float(v) for v in value)
-        elif isinstance(value, str) and "float" in str(hints[name]):
-            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        else:
+            value = _typed(value, hints[name], f"{where}.{name}" if where else name)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -209,9 +258,11 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     for text in overrides:
         values = _merge(values, parse_override(text))
     try:
-        config = _build(ExperimentConfig, values, str(source or "config"))
+        config = _build(ExperimentConfig, values, "")
     except (TypeError, ValueError) as err:
         raise InputError(source or "config", str(err)) from err
+    if "kind" not in (values.get("task") or {}):
+        config.task.kind = default_task_kind(config)
     from neurostorm.models import MODELS  # the registry imports torch: only once a config is read
 
     if config.model.name not in MODELS:
@@ -220,7 +271,37 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     return config
 
 
+CLASSES_AT_MOST = 10  # a numeric label with more distinct values is read as a regression target unless told
+
+
+def default_task_kind(config: ExperimentConfig) -> str:
+    """The task kind of a config that names none: regression for a numeric label of the first store with more
+    than :data:`CLASSES_AT_MOST` distinct values (age, a score), said in a warning; classification otherwise."""
+    label, stores = config.task.label, config.data.stores
+    if not label or not stores:
+        return config.task.kind
+    from neurostorm.data.store import Store
+
+    try:
+        manifest = Store(stores[0].path).manifest
+    except (OSError, ValueError):
+        return config.task.kind  # a missing or unreadable store is reported where it is read
+    if label not in manifest.columns:
+        return config.task.kind
+    values = manifest.drop_duplicates("subject")[label].dropna()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all() and numeric.nunique() > CLASSES_AT_MOST:
+        warnings.warn(f"task.label={label}: a number with {numeric.nunique()} values, read as a regression target "
+                      "(task.kind=classification reads its values as classes)", stacklevel=3)
+        return "regression"
+    return config.task.kind
+
+
+def config_as_plain(config: ExperimentConfig, extra: dict | None = None) -> dict:
+    """The complete configuration as plain YAML-ready values, with ``extra`` top-level sections."""
+    return json.loads(json.dumps({**config.to_dict(), **(extra or {})}))  # tuples → lists for YAML
+
+
 def save_config(config: ExperimentConfig, path: Path, extra: dict | None = None) -> None:
     """The complete configuration as YAML, with ``extra`` top-level sections (a comparison's methods)."""
-    plain = json.loads(json.dumps({**config.to_dict(), **(extra or {})}))  # tuples → lists for YAML
-    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+    path.write_text(yaml.safe_dump(config_as_plain(config, extra), sort_keys=False))

@@ -49,11 +49,26 @@ from neurostorm.train.modules import AdaptModule, PretrainModule, adaptation_opt
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
 from neurostorm.train.probe import fit_head_scale, linear_probe
 from neurostorm.train.retrieval import RETRIEVAL, retrieval, score_queries
-from neurostorm.train.trainer import build_named, initial_encoder, make_trainer, resume_path, start_run
+from neurostorm.train.trainer import (
+    build_named,
+    check_model_init,
+    initial_encoder,
+    make_trainer,
+    nothing_left_if_refused,
+    resume_path,
+    start_run,
+)
 
 
 def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """STORM masked pretraining over every store in ``config.data.stores``; exports RUN_DIR/model."""
+    with nothing_left_if_refused(run_dir) as folder:
+        return _pretrain(config, folder, resume)
+
+
+def _pretrain(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict:
+    checkpoint = resume_path(run_dir, resume)
+    check_model_init(config.model.init)
     run_dir = start_run(config, run_dir)
     name = config.model.name if "-mae-" in config.model.name else config.model.name.replace("neurostorm-",
                                                                                               "neurostorm-mae-")
@@ -64,7 +79,6 @@ def pretrain(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
     model.start_at_intensity(0.0 if encoder_config.voxel_zscore else data.mean_intensity(encoder_config.img_size))
     steps = max(1, len(data.sampler) // config.data.batch_size)
     module = PretrainModule(model, config.optim, steps)
-    checkpoint = resume_path(run_dir, resume)
     trainer = make_trainer(config, run_dir, monitor="val_loss" if data.val_set is not None else None, mode="min",
                        resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
@@ -98,7 +112,13 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
 
 
 def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects."""
+    """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects.
+    Refused for bad input before anything is left in a new ``run_dir``."""
+    with nothing_left_if_refused(run_dir) as folder:
+        return _finetune(config, folder, resume)
+
+
+def _finetune(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict:
     if config.head_standardise and not trains_head_on_clips(config.model.name, config.task.kind, config.mode):
         raise InputError("head_standardise", "a standardising head is for a head trained on an encoder of clips "
                                              "(mode full, prompt or lora; a label or task state)")
@@ -109,6 +129,7 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
         raise InputError("data.harmonize", "ComBat harmonises fixed features by site: the FC of connectome models "
                                            "and a frozen encoder's embeddings (mode=probe), for subject labels; "
                                            "an encoder adapted on clips reads voxels")
+    check_model_init(config.model.init)
     if config.data.cv_folds > 1 or config.data.cv_by_site:
         return cross_validate(config, run_dir)
     if config.pooling != "mean" and config.mode != "probe":
@@ -120,12 +141,12 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
         return retrieval(config, start_run(config, run_dir))
     if config.mode == "probe" or config.model.name == "fc-linear":
         return linear_probe(config, start_run(config, run_dir))
+    checkpoint = resume_path(run_dir, resume)
     run_dir = start_run(config, run_dir)
     data = LabelledClips(config, run_dir)
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
     prepare_adaptation(config, encoder, head)
-    checkpoint = resume_path(run_dir, resume)
     if config.head_standardise and checkpoint is None:  # a resumed run reads the statistics from its checkpoint
         fit_head_scale(head, encoder, data)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
@@ -197,6 +218,10 @@ def evaluate(run_dir: str | Path) -> dict:
     if not (run_dir / "config.yaml").exists():
         raise InputError(run_dir, "not a run folder (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
+    if not (run_dir / "model" / "task.json").exists():
+        raise InputError(run_dir, f"a {config.task.kind} run with mode={config.mode} exports no "
+                                  "network with a head to recompute from (evaluate reads runs of mode full, prompt "
+                                  "or lora on a label or task state); its test metrics are in metrics.json")
     module, task = load_adapted(run_dir / "model", config.optim)
     data = LabelledClips(config, run_dir)
     frame = predict_clips(module, data.loader("test"))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -18,8 +21,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from neurostorm.errors import InputError
 from neurostorm.models import build_model
 from neurostorm.models.encoder import NeuroSTORM
+from neurostorm.models.hub import is_hub_id
 from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
-from neurostorm.models.weights import load_encoder, load_official_checkpoint
+from neurostorm.models.weights import load_encoder, load_official_checkpoint, pretrained_folder
 from neurostorm.train.config import ExperimentConfig, save_config
 from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
 from neurostorm.train.data import LabelledClips, check_stores_fit
@@ -130,8 +134,31 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, m
                      default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
 
 
-def start_run(config: ExperimentConfig, run_dir: str | Path) -> Path:
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a path, refused where it is an existing file."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(run_dir, "is a file: give --out a new folder or a run folder")
+    return run_dir
+
+
+@contextmanager
+def nothing_left_if_refused(run_dir: str | Path) -> Iterator[Path]:
+    """A run folder that this call creates is removed again when the run is refused for bad input, so a
+    refused ``model.init`` or split leaves no ``config.yaml`` or ``split.json`` behind; an existing folder
+    is left as it was found by the checks made before anything is written there."""
+    run_dir = check_run_dir(run_dir)
+    fresh = not run_dir.exists()
+    try:
+        yield run_dir
+    except InputError:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def start_run(config: ExperimentConfig, run_dir: str | Path) -> Path:
+    run_dir = check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -145,6 +172,26 @@ def resume_path(run_dir: Path, resume: bool) -> Path | None:
     return last if resume else None
 
 
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
+def _names_hub_folder(init: str) -> bool:
+    return Path(init).suffix not in CHECKPOINT_SUFFIXES and not Path(init).exists() and is_hub_id(init)
+
+
+def check_model_init(init: str) -> None:
+    """Refuse a ``model.init`` that is not 'scratch', an existing folder or an existing reference checkpoint,
+    before a run writes anything."""
+    path = Path(init)
+    if init == "scratch" or path.is_dir() or _names_hub_folder(init):
+        return
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise InputError(path, "model.init must be 'scratch', a pretrained folder, a Hub id (org/name) or a "
+                               ".ckpt file")
+    if not path.is_file():
+        raise InputError(path, "model.init: no such checkpoint file")
+
+
 def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None) -> NeuroSTORM:
     """The encoder to adapt: from scratch, from a pretrained folder, or from a reference .ckpt. A model that
     reads connectivity is sized to the atlas of ``data``; one that reads clips must fit every store's grid."""
@@ -154,19 +201,19 @@ def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None)
     sized = {} if n_rois is None else {"n_rois": n_rois}
     if m.init == "scratch":
         encoder = build_named(m.name, **{**sized, **m.overrides})
-    elif path.is_dir():
+    elif path.is_dir() or _names_hub_folder(m.init):
+        path = pretrained_folder(m.init)
         encoder = load_encoder(path, **m.overrides)
         if n_rois is not None and getattr(encoder.config, "n_rois", n_rois) != n_rois:
             raise InputError(path, f"weights for {encoder.config.n_rois} ROIs, but atlas {config.data.atlas} gives "
                                    f"{n_rois}: use the atlas the weights were trained on")
-    elif path.suffix in (".ckpt", ".pt", ".pth"):
+    else:
+        check_model_init(m.init)
         encoder = build_named(m.name, **{**sized, **m.overrides})
         report = load_official_checkpoint(path, encoder)
         if not report.loaded:
             raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
         print(f"{path}: {report}")
-    else:
-        raise InputError(path, "model.init must be 'scratch', a pretrained folder or a .ckpt file")
     if isinstance(encoder, NeuroSTORM):
         check_stores_fit([s.path for s in config.data.stores], encoder.config.img_size, m.name)
     return encoder
