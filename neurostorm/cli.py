@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -448,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"neurostorm {args.command}: {err}", file=sys.stderr)
             return 2
         except (Interrupted, KeyboardInterrupt) as stop:
+            # the I/O tasks a stop abandons (zarr's event loop) are not problems to report on the way out
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             name = stop.signal_name if isinstance(stop, Interrupted) else "SIGINT"
             after = AFTER_A_STOP.get(args.command, "its outputs are written whole or not at all")
             print(f"neurostorm {args.command}: stopped by {name}; {after}", file=sys.stderr)

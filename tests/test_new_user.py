@@ -1,6 +1,11 @@
 """What a new user meets first: one-line errors where a traceback used to be, nothing written by a refused
 run, help that names every adaptation mode and setting, and figures that show every method that ran."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import matplotlib.image
 import pandas as pd
 import pytest
@@ -108,3 +113,24 @@ def test_the_comparison_figure_draws_methods_that_carry_a_note(tmp_path, monkeyp
     assert [label.get_text() for label in axes.get_xticklabels()] == ["scratch *", "fine-tuned *"]
     assert [bar.get_height() for bar in axes.patches] == [0.5, 0.5]  # both drawn, hatched for their note
     assert matplotlib.image.imread(path).shape[0] > 100
+
+
+def test_sigterm_stops_finetune_in_one_line_and_resume_finishes(labelled_store, tmp_path):
+    """A scheduler's SIGTERM mid-training: one line saying how to go on, exit 143; --resume completes the run."""
+    run = tmp_path / "run"
+    settings = ["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex",
+                "data.split_fractions=[0.5,0.1,0.4]", "--quiet", "--out", str(run)]
+    process = subprocess.Popen([sys.executable, "-m", "neurostorm.cli", *settings, "optim.epochs=40"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run / "checkpoints" / "last.ckpt").exists():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert process.returncode == 143 and lines == [
+        "neurostorm finetune: stopped by SIGTERM; run it again with --resume to go on from the last finished epoch "
+        "(checkpoints/last.ckpt)"], err
+    assert not (run / "metrics.json").exists()
+    assert main([*settings, "optim.epochs=2", "--resume"]) == 0
+    assert (run / "metrics.json").exists()

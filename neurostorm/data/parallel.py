@@ -31,6 +31,7 @@ def check_dask_address(address: str) -> str:
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the I/O tasks a stop abandons are no problem to report
     raise SystemExit(128 + signum)  # unwinds the run in progress (its temporary is removed), then ends quietly
 
 
