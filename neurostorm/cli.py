@@ -17,12 +17,13 @@ from neurostorm.data.grid import GRIDS
 from neurostorm.errors import InputError, Interrupted
 
 # what a stopped command leaves, said in its one line
+_RESUMABLE = "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)"
 AFTER_A_STOP = {
     "preprocess": "the runs finished before it are complete in the store and none is partial; run the same "
                   "command again to go on",
     "roi": "the runs finished before it are complete; run the same command again to go on",
-    "pretrain": "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)",
-    "finetune": "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)",
+    "pretrain": _RESUMABLE,
+    "finetune": _RESUMABLE,
 }
 
 

@@ -28,7 +28,7 @@ from neurostorm.errors import InputError
 from neurostorm.models import MODELS, build_model
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.storm import STORM
-from neurostorm.models.weights import expected_preprocessing, from_pretrained
+from neurostorm.models.weights import CHECKPOINT_SUFFIXES, expected_preprocessing, from_pretrained
 from neurostorm.train.data import pool_factor
 from neurostorm.train.pooling import RunPooling, RunSeries, encode_run
 
@@ -143,7 +143,7 @@ def _encoder(model: str | nn.Module | None) -> NeuroSTORM:
 
 def _preprocessing(model: object, img_size: tuple[int, int, int]) -> PreprocessConfig:
     """The preprocessing recorded with the weights; else the grid the model's input size reads."""
-    recorded = isinstance(model, str) and model not in MODELS and not model.endswith((".ckpt", ".pt", ".pth"))
+    recorded = isinstance(model, str) and model not in MODELS and not model.endswith(CHECKPOINT_SUFFIXES)
     params = expected_preprocessing(model) if recorded else {}
     if "grid" not in params:
         fitting = [name for name, grid in GRIDS.items() if pool_factor(grid.shape, img_size) is not None]

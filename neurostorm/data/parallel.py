@@ -57,6 +57,7 @@ class TaskRunner:
     def __init__(self, workers: int = 1, dask: str | None = None) -> None:
         self.workers, self.client, self.cluster = workers, None, None
         self.pool: ProcessPoolExecutor | None = None
+        self.other_children: set = set()  # child processes that were not the pool's when it started
         if dask is not None:
             self._connect(check_dask_address(dask))
 
@@ -82,11 +83,11 @@ class TaskRunner:
         if self.pool is not None:
             self.pool.shutdown(wait=error_type is None, cancel_futures=True)
             if error_type is not None:  # stopped or failed: end the runs in progress now, not when they finish
-                children = multiprocessing.active_children()
-                for child in children:
-                    child.terminate()
-                for child in children:
-                    child.join(timeout=30)
+                workers = [p for p in multiprocessing.active_children() if p not in self.other_children]  # ours alone
+                for worker in workers:
+                    worker.terminate()
+                for worker in workers:
+                    worker.join(timeout=30)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -105,6 +106,7 @@ class TaskRunner:
             for index, args in enumerate(arguments):
                 yield index, function(*args)
         else:
+            self.other_children = set(multiprocessing.active_children())
             self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_signals)
             futures = {self.pool.submit(function, *args): i for i, args in enumerate(arguments)}
             for future in as_completed(futures):

@@ -72,6 +72,9 @@ def save_pretrained(model: nn.Module, folder: str | Path, preprocessing: dict | 
     return folder
 
 
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")  # reference Lightning / PyTorch checkpoints
+
+
 def from_pretrained(name_or_path: str | Path, **overrides) -> nn.Module:
     """A model by name: a pretrained folder (``config.json`` + ``model.safetensors``), a Hub id
     ``org/repo[@revision]`` (through the Hub cache; works offline once cached), or a reference NeuroSTORM
@@ -79,7 +82,7 @@ def from_pretrained(name_or_path: str | Path, **overrides) -> nn.Module:
     pretraining model; ``.encoder`` is its encoder). ``overrides`` change settings that keep the function,
     e.g. ``backend`` or ``checkpoint_blocks``; one that contradicts a checkpoint's settings is refused."""
     path = Path(name_or_path)
-    if path.is_file() or (not path.is_dir() and path.suffix in (".ckpt", ".pt", ".pth")):
+    if path.is_file() or (not path.is_dir() and path.suffix in CHECKPOINT_SUFFIXES):
         return _from_reference_checkpoint(path, **overrides)
     return load_pretrained(pretrained_folder(name_or_path), **overrides)
 

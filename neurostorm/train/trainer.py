@@ -23,7 +23,12 @@ from neurostorm.models import build_model
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.hub import is_hub_id
 from neurostorm.models.mamba import SCAN_NAMES, Mamba, scan_backend
-from neurostorm.models.weights import load_encoder, load_official_checkpoint, pretrained_folder
+from neurostorm.models.weights import (
+    CHECKPOINT_SUFFIXES,
+    load_encoder,
+    load_official_checkpoint,
+    pretrained_folder,
+)
 from neurostorm.train.config import ExperimentConfig, save_config
 from neurostorm.train.csv_log import FlushLogs, RunCSVLogger, completed_epoch
 from neurostorm.train.data import LabelledClips, check_stores_fit
@@ -170,9 +175,6 @@ def resume_path(run_dir: Path, resume: bool) -> Path | None:
     if resume and not last.exists():
         raise InputError(last, "nothing to resume: no last checkpoint in the run folder")
     return last if resume else None
-
-
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def _names_hub_folder(init: str) -> bool:
