@@ -60,7 +60,9 @@ def test_edge_to_edge_is_a_row_plus_column_filter():
 
 def test_reference_sizes_at_264_rois():
     counts = {name: count_parameters(build_model(name)) for name in ("brainnetcnn", "bnt", "braingnn")}
-    assert counts == {"brainnetcnn": 16_270_784, "bnt": 9_661_256, "braingnn": 255_744}
+    assert counts == {"brainnetcnn": 16_274_654, "bnt": 9_661_256, "braingnn": 255_744}
+    # the reference's E2E layers have one bias, ours one per filter: 32 + 64 + 64 + 64 more
+    assert counts["brainnetcnn"] - sum(build_model("brainnetcnn").config.e2e_channels) == 16_274_430
     bnt = build_model("bnt")
     assert bnt.config.pooling == (132, 26) and bnt.identity.shape == (264, 32)
     assert all(layer.self_attn.in_proj_bias is not None for layer in bnt.transformers)  # biases kept
@@ -272,6 +274,13 @@ def test_bad_connectivity_and_weights_for_another_atlas_are_refused(realistic_st
     assert main(["finetune", "--config", "tiny", "model.name=bnt-tiny", f"model.init={weights}", "task.label=sex",
                  f"data.stores=[{realistic_store}]", "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "weights for 32 ROIs, but atlas power264 gives 264" in capsys.readouterr().err
+    checkpoint = tmp_path / "brainnetcnn.ckpt"  # the reference's BrainNetCNN given as BNT weights: one line, no run
+    torch.save({"state_dict": _reference_brainnetcnn_state(264, (8, 8), 16, 32, 32, 30, classes=2)}, checkpoint)
+    assert main(["finetune", "--config", "tiny", "model.name=bnt-tiny", f"model.init={checkpoint}", "task.label=sex",
+                 f"data.stores=[{realistic_store}]", "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"neurostorm finetune: {checkpoint}: not a checkpoint of this BNT: 0 of its"), err
+    assert not (tmp_path / "run2").exists()
 
 
 def reference_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -337,3 +346,119 @@ def test_a_reference_braingnn_checkpoint_loads_by_name(tmp_path):
     fc = (fc + fc.transpose(1, 2)) / 2
     with torch.no_grad():
         assert torch.allclose(ours.encode(fc), reference.encode(fc), atol=1e-6)
+
+
+def _second_block_graph(model, fc: torch.Tensor) -> torch.Tensor:
+    seen = []
+    handle = model.convs[1].register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    with torch.no_grad():
+        model.encode(fc)
+    handle.remove()
+    return seen[0]  # (B, k, k) edge weights the second Ra-GConv reads
+
+
+def test_braingnn_second_block_reads_the_pooled_graph_or_its_two_hop_augmentation():
+    torch.manual_seed(0)
+    fc = torch.randn(2, 10, 10)
+    fc = (fc + fc.transpose(1, 2)) / 2
+    model = build_model("braingnn-tiny", n_rois=10).eval()
+    rois = torch.arange(10).expand(2, -1)
+    with torch.no_grad():
+        _, pooled, _, _ = model.pools[0](model.convs[0](fc, connectome_graph(fc), rois), connectome_graph(fc), rois)
+    assert torch.equal(_second_block_graph(model, fc), pooled)  # the reference code: the pooled graph unchanged
+    hop = build_model("braingnn-tiny", n_rois=10, two_hop=True).eval()
+    hop.load_state_dict(model.state_dict())
+    eye = torch.eye(pooled.shape[1])
+    two_hops = ((pooled + eye) @ (pooled + eye)) * (1 - eye)  # paths of one or two edges, no self-loop
+    assert torch.allclose(_second_block_graph(hop, fc), two_hops)
+    assert not torch.allclose(two_hops, pooled)
+
+
+@pytest.mark.parametrize(("name", "setting", "before"), [("brainnetcnn-tiny", "head_hidden", 0),
+                                                         ("braingnn-tiny", "two_hop", True)])
+def test_weights_saved_before_a_setting_existed_load_with_the_function_they_were_trained_with(tmp_path, name,
+                                                                                               setting, before):
+    model = build_model(name, n_rois=10, **{setting: before}).eval()
+    folder = save_pretrained(model, tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    del config["config"][setting]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_pretrained(folder).eval()
+    fc = torch.randn(2, 10, 10)
+    assert getattr(loaded.config, setting) == before
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(fc + fc.transpose(1, 2)), model.encode(fc + fc.transpose(1, 2)))
+
+
+def _reference_brainnetcnn_state(n_rois: int, e2e: tuple[int, ...], e2n: int, n2g: int, hidden: int, head: int,
+                                 classes: int) -> dict[str, torch.Tensor]:
+    """Random weights in the reference code's current BrainNetCNN layout."""
+    state, channels = {}, (1, *e2e)
+    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+        state[f"model.e2e_layers.{i}.row_conv.weight"] = torch.randn(c_out, c_in, 1, n_rois) / n_rois
+        state[f"model.e2e_layers.{i}.col_conv.weight"] = torch.randn(c_out, c_in, n_rois, 1) / n_rois
+        state[f"model.e2e_layers.{i}.bias"] = torch.randn(c_out) / 10
+    for name, shape in (("e2n", (e2n, e2e[-1], 1, n_rois)), ("n2g", (n2g, e2n, n_rois, 1))):
+        state[f"model.{name}.conv.weight"] = torch.randn(*shape) / n_rois
+        state[f"model.{name}.conv.bias"] = torch.randn(shape[0]) / 10
+    for index, (a, b) in ((1, (n2g, hidden)), (4, (hidden, head)), (6, (head, classes))):
+        state[f"model.fc.{index}.weight"], state[f"model.fc.{index}.bias"] = torch.randn(b, a) / a, torch.randn(b)
+    return state
+
+
+def _brainnetcnn_float64(state: dict[str, torch.Tensor], fc: torch.Tensor) -> torch.Tensor:
+    """The reference's embedding (before its task layer) written out with sums, in float64."""
+    w = {k.removeprefix("model."): v.double() for k, v in state.items()}
+    act = torch.nn.functional.leaky_relu
+    x = fc.double()[:, None]  # (B, 1, R, R)
+    for i in range(sum(k.endswith("row_conv.weight") for k in w)):
+        row, col = w[f"e2e_layers.{i}.row_conv.weight"][:, :, 0], w[f"e2e_layers.{i}.col_conv.weight"][..., 0]
+        # out[o, i, j] = Σ_c Σ_k row[o, c, k] x[c, i, k] + Σ_c Σ_k col[o, c, k] x[c, k, j] + bias[o]
+        x = act(torch.einsum("ock,bcik->boi", row, x)[..., None] + torch.einsum("ock,bckj->boj", col, x)[:, :, None]
+                + w[f"e2e_layers.{i}.bias"][None, :, None, None], 0.33)
+    nodes = act(torch.einsum("ock,bcik->boi", w["e2n.conv.weight"][:, :, 0], x) + w["e2n.conv.bias"][:, None], 0.33)
+    graph = act(torch.einsum("ock,bck->bo", w["n2g.conv.weight"][..., 0], nodes) + w["n2g.conv.bias"], 0.33)
+    hidden = act(graph @ w["fc.1.weight"].T + w["fc.1.bias"], 0.33)
+    return act(hidden @ w["fc.4.weight"].T + w["fc.4.bias"], 0.33)
+
+
+def test_a_reference_brainnetcnn_checkpoint_loads_and_computes_the_same_embedding(tmp_path):
+    torch.manual_seed(0)
+    sizes = {"e2e_channels": (4, 6), "e2n_channels": 8, "n2g_channels": 16, "hidden": 12, "head_hidden": 5}
+    state = _reference_brainnetcnn_state(14, (4, 6), 8, 16, 12, 5, classes=3)
+    torch.save({"state_dict": state, "hyper_parameters": {"num_rois": 14}}, tmp_path / "cnn.ckpt")
+    model = build_model("brainnetcnn", n_rois=14, **sizes).eval()
+    report = load_official_checkpoint(tmp_path / "cnn.ckpt", model)
+    assert report.missing == ["e2e.0.col.bias", "e2e.1.col.bias"]  # the reference's one bias went to the row filter
+    assert sorted(report.unexpected) == ["model.fc.6.bias", "model.fc.6.weight"]  # its task layer: our head
+    fc = torch.randn(3, 14, 14)
+    fc = (fc + fc.transpose(1, 2)) / 2
+    with torch.no_grad():
+        assert torch.allclose(model.encode(fc).double(), _brainnetcnn_float64(state, fc), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="other model sizes"):  # another ROI count: nothing loaded
+        load_official_checkpoint(tmp_path / "cnn.ckpt", build_model("brainnetcnn", n_rois=16, **sizes))
+
+
+def test_a_checkpoint_of_another_model_or_with_differing_duplicates_is_refused_whole(tmp_path):
+    torch.manual_seed(0)
+    state = _reference_brainnetcnn_state(12, (8, 8), 16, 32, 32, 30, classes=2)
+    torch.save({"state_dict": state}, tmp_path / "cnn.ckpt")
+    gnn = build_model("braingnn-tiny", n_rois=12)
+    before = {k: v.clone() for k, v in gnn.state_dict().items()}
+    with pytest.raises(InputError, match=r"cnn\.ckpt.*not a checkpoint of this BrainGNN: 0 of its \d+ tensors found"):
+        load_official_checkpoint(tmp_path / "cnn.ckpt", gnn)
+    assert all(torch.equal(before[k], v) for k, v in gnn.state_dict().items())
+    with pytest.raises(InputError, match="not a checkpoint of this BNT"):
+        load_official_checkpoint(tmp_path / "cnn.ckpt", build_model("bnt-tiny", n_rois=12))
+    cnn = build_model("brainnetcnn-tiny", n_rois=12)
+    partial = {k: v for k, v in state.items() if not k.startswith("model.n2g")}
+    torch.save({"state_dict": partial}, tmp_path / "partial.ckpt")
+    with pytest.raises(InputError, match=r"2 missing \(e\.g\. n2g\.bias, n2g\.weight\)"):
+        load_official_checkpoint(tmp_path / "partial.ckpt", cnn)
+    reference = build_model("braingnn-tiny", n_rois=12)
+    duplicated = {"model.nn1.0.weight": reference.convs[0].theta1.weight.detach(),
+                  "model.conv1.nn.0.weight": reference.convs[0].theta1.weight.detach() + 1}
+    torch.save({"state_dict": duplicated}, tmp_path / "dup.ckpt")
+    with pytest.raises(InputError, match=r"model\.nn1\.0\.weight and model\.conv1\.nn\.0\.weight are both "
+                                         r"convs\.0\.theta1\.weight of BrainGNN but differ"):
+        load_official_checkpoint(tmp_path / "dup.ckpt", gnn)

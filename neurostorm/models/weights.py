@@ -34,9 +34,8 @@ from neurostorm.models.storm import STORM, STORMConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, STORMConfig.from_dict),
-                 "SwiFT": (SwiFT, SwiFTConfig.from_dict),
-                 **{cls.__name__: (cls, lambda d, c=config: c(**d)) for cls, config in
-                    ((BrainNetCNN, BrainNetCNNConfig), (BNT, BNTConfig), (BrainGNN, BrainGNNConfig))}}
+                 "SwiFT": (SwiFT, SwiFTConfig.from_dict), "BrainNetCNN": (BrainNetCNN, BrainNetCNNConfig.from_dict),
+                 "BNT": (BNT, lambda d: BNTConfig(**d)), "BrainGNN": (BrainGNN, BrainGNNConfig.from_dict)}
 
 
 # hyper-parameters of the reference's checkpoints come as Lightning's AttributeDict (a dict subclass): read it
@@ -129,10 +128,7 @@ def _from_reference_checkpoint(path: Path, **overrides) -> nn.Module:
                                              mask_ratio=float(hparams.get("mask_ratio", 0.5))))
     else:
         model = NeuroSTORM(config)
-    report = _load_reference_state(checkpoint, path, model)
-    if report.missing:
-        raise InputError(path, f"a checkpoint of another architecture: {len(report.missing)} parameters of the "
-                               f"model it describes are absent, e.g. {report.missing[:3]}")
+    _load_reference_state(checkpoint, path, model)
     return model
 
 
@@ -238,9 +234,13 @@ class LoadReport:
 
 
 _DECODER_PREFIXES = ("first_patch_expanding.", "layers_up.", "norm_up.", "decoder_pred.")
-# the reference's connectome baselines, module by module (its task layer, BNT's fc.6 and BrainGNN's fc3, is
-# our task head, so it is reported as unexpected); "{0}" is the reference's 1-based block number minus one
+# the reference's connectome baselines, module by module (its task layer, BrainNetCNN's fc.6, BNT's fc.6 and
+# BrainGNN's fc3, is our task head, so it is reported as unexpected); "{0}" is the reference's 1-based block
+# number minus one, "{1}"… its groups as written
 _BASELINE_NAMES: dict[type, list[tuple[str, str]]] = {
+    BrainNetCNN: [(r"^e2e_layers\.(\d+)\.(row|col)_conv\.weight$", "e2e.{1}.{2}.weight"),
+                  (r"^e2e_layers\.(\d+)\.bias$", "e2e.{1}.row.bias"),  # one bias per layer: the row filter's
+                  (r"^(e2n|n2g)\.conv\.(weight|bias)$", "{1}.{2}"), (r"^fc\.([14]\..+)$", "dense.{1}")],
     BNT: [(r"^node_identity$", "identity"),
           (r"^attention_list\.(\d+)\.transformer\.(.+)$", "transformers.{1}.{2}"),
           (r"^attention_list\.(\d+)\.(?:dec\.)?encoder\.(.+)$", "readouts.{1}.encoder.{2}"),
@@ -253,6 +253,18 @@ _BASELINE_NAMES: dict[type, list[tuple[str, str]]] = {
                (r"^fc1\.(.+)$", "classifier.0.{1}"), (r"^bn1\.(.+)$", "classifier.2.{1}"),
                (r"^fc2\.(.+)$", "classifier.4.{1}"), (r"^bn2\.(.+)$", "classifier.6.{1}")],
 }
+
+
+def _deliberately_absent(model: nn.Module, name: str) -> bool:
+    """Parameters a reference checkpoint does not hold by design; loading sets them to 0 (the reference's
+    function) or, for prompts, leaves them to be trained: BNT's transformer biases (the reference's layers
+    have none), BrainNetCNN's column-filter biases (its E2E layers have one bias, loaded as the row filter's),
+    an encoder's prompt tokens (added for prompt tuning after a checkpoint without them)."""
+    if isinstance(model, BNT):
+        return name.startswith("transformers.") and name.endswith("bias")
+    if isinstance(model, BrainNetCNN):
+        return name.startswith("e2e.") and name.endswith(".col.bias")
+    return name.endswith(".prompt") or name == "prompt"
 
 
 def _baseline_name(key: str, value: torch.Tensor, model: nn.Module) -> tuple[str, torch.Tensor]:
@@ -286,14 +298,18 @@ def official_to_ours(key: str, value: torch.Tensor, target: nn.Module) -> tuple[
 
 def load_official_checkpoint(path: str | Path, model: nn.Module) -> LoadReport:
     """Load a reference Lightning checkpoint into ``model`` by name; report what did not match. ``model`` is a
-    NeuroSTORM encoder or STORM model, or the BNT or BrainGNN baseline (their reference module names mapped).
+    NeuroSTORM encoder or STORM model, or the BrainNetCNN, BNT or BrainGNN baseline (their reference module
+    names mapped).
 
-    Tensors whose mapped name the model lacks are reported as unexpected (a task head, unused mask
-    tokens); parameters the checkpoint lacks keep their values and are reported as missing. A tensor
-    whose shape differs is an error: it means the checkpoint was trained with other sizes. For the
-    encoders, the checkpoint's hyper-parameters are read too: a window size, image or patch size that
-    differs from the model's config is an error naming each (``neurostorm.from_pretrained`` builds the
-    model the checkpoint describes instead).
+    All or nothing: a checkpoint that lacks any of the model's parameters (other than those a reference
+    checkpoint lacks by design: BNT's transformer biases and BrainNetCNN's column-filter biases, set to 0,
+    which computes the reference's function; prompt tokens, left to be trained) is refused, as is one with a
+    tensor of another shape (other model sizes or another ROI count) or with two names for one parameter
+    holding different values. Nothing is loaded then. Tensors whose mapped name the model lacks are reported
+    as unexpected (the reference's task layer, which is our task head; unused mask tokens). For the encoders,
+    the checkpoint's hyper-parameters are read too: a window size, image or patch size that differs from the
+    model's config is an error naming each (``neurostorm.from_pretrained`` builds the model the checkpoint
+    describes instead).
     """
     return _load_reference_state(load_checkpoint(path), path, model)
 
@@ -303,7 +319,7 @@ def _load_reference_state(checkpoint: object, path: str | Path, model: nn.Module
         check_against(hyper_parameters(checkpoint), model.encoder.config if isinstance(model, STORM) else model.config,
                       path)
     own = model.state_dict()
-    report, updates = LoadReport(), {}
+    report, updates, source = LoadReport(), {}, {}
     for key, value in _state_dict(checkpoint, path).items():
         name, tensor = official_to_ours(key, value, model)
         if name not in own:
@@ -311,12 +327,19 @@ def _load_reference_state(checkpoint: object, path: str | Path, model: nn.Module
         elif own[name].shape != tensor.shape:
             raise InputError(path, f"{key}: shape {tuple(tensor.shape)} does not fit {name} {tuple(own[name].shape)}; "
                                    "the checkpoint was built with other model sizes")
+        elif name in updates and not torch.equal(updates[name], tensor):
+            raise InputError(path, f"{source[name]} and {key} are both {name} of {type(model).__name__} but differ; "
+                                   "nothing was loaded")
         else:
-            updates[name] = tensor
+            updates[name], source[name] = tensor, key
     report.loaded = sorted(updates)
     report.missing = sorted(own.keys() - updates.keys())
-    if isinstance(model, BNT) and report.loaded:  # the reference's layers have no biases: ours at 0 match them
-        updates.update({name: torch.zeros_like(own[name]) for name in report.missing
-                        if name.startswith("transformers.") and name.endswith("bias")})
-    model.load_state_dict({**own, **updates})
+    if needed := [name for name in report.missing if not _deliberately_absent(model, name)]:
+        found = f"{len(report.loaded)} of its {len(own)} tensors found"
+        names = ", ".join(report.unexpected[:3]) or "none"
+        raise InputError(path, f"not a checkpoint of this {type(model).__name__}: {found}, {len(needed)} missing "
+                               f"(e.g. {', '.join(needed[:3])}); the checkpoint's unmatched names: {names}; "
+                               "nothing was loaded")
+    zeroed = {name: torch.zeros_like(own[name]) for name in report.missing if not name.endswith("prompt")}
+    model.load_state_dict({**own, **zeroed, **updates})
     return report

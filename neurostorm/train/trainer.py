@@ -212,10 +212,7 @@ def initial_encoder(config: ExperimentConfig, data: LabelledClips | None = None)
     else:
         check_model_init(m.init)
         encoder = build_named(m.name, **{**sized, **m.overrides})
-        report = load_official_checkpoint(path, encoder)
-        if not report.loaded:
-            raise InputError(path, "no tensor of the checkpoint matches the encoder: wrong file or model name")
-        print(f"{path}: {report}")
+        print(f"{path}: {load_official_checkpoint(path, encoder)}")
     if isinstance(encoder, NeuroSTORM):
         check_stores_fit([s.path for s in config.data.stores], encoder.config.img_size, m.name)
     return encoder

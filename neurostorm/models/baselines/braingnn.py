@@ -11,9 +11,10 @@ Ra-GConv, node i's new features: the mean over its incoming edges and a self-loo
 plus a bias: each neighbour j is transformed by the kernel of its own ROI, built from K community kernels
 (θ₁: R → K, no bias; θ₂: K → d_in·d_out). No non-linearity follows the convolution.
 R-pool: scores s = X w / ‖w‖, the ⌈ratio·n⌉ best nodes kept (keeping their ROI identity) and scaled by
-sigmoid(s); the edges among them stay. Between the two blocks the graph is augmented to two hops:
-(A + I)² without its diagonal. Readout per block: [max, mean] over the kept nodes; both blocks
-concatenated; classifier MLP (256, 512) with ReLU, batch norm and dropout.
+sigmoid(s); the edges among them stay and are the second block's graph, as in the reference code
+(``two_hop=True`` instead joins the kept nodes by paths of one or two edges, (A + I)² without its diagonal,
+the augmentation of the original BrainGNN code). Readout per block: [max, mean] over the kept
+nodes; both blocks concatenated; classifier MLP (256, 512) with ReLU, batch norm and dropout.
 
 Regularisers of the paper, computed from the last forward (``regularisers(y)``):
 unit loss Σ (‖w‖ − 1)² over both pooling vectors; top-k loss per block, −mean log σ(s) over the kept nodes
@@ -42,6 +43,7 @@ class BrainGNNConfig:
     unit_weight: float = 1.0
     topk_weight: float = 0.1
     consistency_weight: float = 0.1
+    two_hop: bool = False  # the second block's graph: the pooled one (False) or its two-hop augmentation
 
     def __post_init__(self) -> None:
         self.dims = tuple(int(d) for d in self.dims)
@@ -49,6 +51,11 @@ class BrainGNNConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> BrainGNNConfig:
+        """The configuration a pretrained folder records; folders saved before ``two_hop`` existed used it."""
+        return cls(**{"two_hop": True, **saved})
 
 
 def connectome_graph(fc: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,7 @@ class TopKPool(nn.Module):
         return x, edges, torch.gather(rois, 1, keep), score
 
 
-def two_hop(edges: torch.Tensor) -> torch.Tensor:
+def two_hop_graph(edges: torch.Tensor) -> torch.Tensor:
     """(B, n, n) edge weights → (A + I)² without the diagonal: paths of one or two edges."""
     eye = torch.eye(edges.shape[1], device=edges.device, dtype=edges.dtype)
     return ((edges + eye) @ (edges + eye)) * (1 - eye)
@@ -154,8 +161,8 @@ class BrainGNN(nn.Module):
         rois = torch.arange(fc.shape[1], device=fc.device).expand(fc.shape[0], -1)  # (B, R)
         x, readouts, self.scores = fc, [], []
         for block, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
-            if block:
-                edges = two_hop(edges)
+            if block and self.config.two_hop:
+                edges = two_hop_graph(edges)
             x, edges, rois, score = pool(conv(x, edges, rois), edges, rois)
             self.scores.append(score)
             readouts += [x.amax(dim=1), x.mean(dim=1)]  # (B, d) each

@@ -3,8 +3,8 @@
 An (R, R) matrix is treated as a one-channel image. Edge-to-edge (E2E) filters see a whole row and a whole
 column through each edge (i, j): out[i, j] = Σ_k w_row[k]·A[i, k] + Σ_k w_col[k]·A[k, j], i.e. a (1 × R)
 and an (R × 1) convolution broadcast back to (R, R). Edge-to-node (E2N) collapses each row to a node
-value, node-to-graph (N2G) collapses the nodes; dense layers follow. Leaky ReLU (slope 0.33) throughout,
-dropout before the dense layers, as in the paper.
+value, node-to-graph (N2G) collapses the nodes; two dense layers follow (128 and 30 units, as in the paper and
+the reference code). Leaky ReLU (slope 0.33) throughout, dropout before each dense layer, as in the paper.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class BrainNetCNNConfig:
     e2e_channels: tuple[int, ...] = (32, 64, 64, 64)
     e2n_channels: int = 128
     n2g_channels: int = 256
-    hidden: int = 128  # dense layer after N2G: the embedding the task head reads
+    hidden: int = 128  # dense layer after N2G
+    head_hidden: int = 30  # second dense layer: the embedding the task head reads (0: none, the 128-d one)
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
@@ -29,6 +30,12 @@ class BrainNetCNNConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> BrainNetCNNConfig:
+        """The configuration a pretrained folder records; folders saved before ``head_hidden`` existed had
+        no second dense layer."""
+        return cls(**{"head_hidden": 0, **saved})
 
 
 class EdgeToEdge(nn.Module):
@@ -54,12 +61,14 @@ class BrainNetCNN(nn.Module):
                                                                                strict=True))
         self.e2n = nn.Conv2d(channels[-1], c.e2n_channels, kernel_size=(1, c.n_rois))
         self.n2g = nn.Conv2d(c.e2n_channels, c.n2g_channels, kernel_size=(c.n_rois, 1))
-        self.dense = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.n2g_channels, c.hidden), nn.LeakyReLU(0.33))
+        widths = (c.n2g_channels, c.hidden, *((c.head_hidden,) if c.head_hidden else ()))
+        self.dense = nn.Sequential(*(layer for a, b in zip(widths[:-1], widths[1:], strict=True)
+                                     for layer in (nn.Dropout(c.dropout), nn.Linear(a, b), nn.LeakyReLU(0.33))))
         self.act = nn.LeakyReLU(0.33)
 
     @property
     def out_dim(self) -> int:
-        return self.config.hidden
+        return self.config.head_hidden or self.config.hidden
 
     def encode(self, fc: torch.Tensor) -> torch.Tensor:
         x = fc[:, None]  # (B, 1, R, R)
@@ -67,4 +76,4 @@ class BrainNetCNN(nn.Module):
             x = self.act(layer(x))  # (B, C, R, R)
         x = self.act(self.e2n(x))  # (B, C_node, R, 1)
         x = self.act(self.n2g(x)).flatten(1)  # (B, C_graph)
-        return self.dense(x)
+        return self.dense(x)  # (B, out_dim)
