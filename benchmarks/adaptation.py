@@ -1,7 +1,7 @@
 """Adapting the pretrained encoder at demo scale: STRD during fine-tuning, and heads on standardised embeddings.
 
 ``python -m benchmarks.adaptation [--seeds 3] [--epochs 6] [--out DIR]`` simulates the default demo's cohort
-(``neurostorm.demo.demo_cohort``), preprocesses its resting and block-design runs onto the 4 mm grid and
+(``neurostorm.workflows.demo.demo_cohort``), preprocesses its resting and block-design runs onto the 4 mm grid and
 pretrains the tiny model as the default demo does (STORM, spatiotemporal redundancy dropout in every block).
 Task state, sex and age, one split per seed (the seed draws the split and the head); every run is scored at
 the checkpoint it keeps by validation: balanced accuracy and AUROC (task state, sex) or Pearson r (age), and
@@ -43,15 +43,15 @@ from benchmarks.common import seeds_and_epochs, study, validation_by_epoch
 from benchmarks.pooling import pretrain_as_demo
 from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.simulate import simulate_cohort
-from neurostorm.demo import demo_cohort, preprocess_stores
+from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.models.weights import load_encoder
-from neurostorm.tasks.evaluation import subject_metrics
 from neurostorm.train.config import load_config
 from neurostorm.train.data import LabelledClips, fit_to_model
 from neurostorm.train.probe import embed_split
 from neurostorm.train.run import finetune
 from neurostorm.train.trainer import initial_encoder
+from neurostorm.workflows.demo import demo_cohort, preprocess_stores
 
 LABELS = {"task state": ("objects", ["task.kind=task_state", "data.sequence_length=8"]),
           "sex": ("rest", ["task.label=sex"]),

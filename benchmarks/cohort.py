@@ -30,10 +30,10 @@ TARGET_S, TARGET_MIB = 5.0, 1024.0
 
 def build(folder: Path, n_runs: int, n_parts: int) -> Path:
     """The benchmark store in ``folder/store`` (reused when it is there with as many runs)."""
+    from neurostorm.data.files import write_parquet_atomic
     from neurostorm.data.manifest import manifest_row, write_part
     from neurostorm.data.preprocess import PreprocessConfig, preprocess
     from neurostorm.data.simulate import CohortConfig, simulate_cohort
-    from neurostorm.data.store import write_parquet_atomic
 
     location = folder / "store"
     if (location / f"built-{n_runs}-{n_parts}").exists():

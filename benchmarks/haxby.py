@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from neurostorm.data.events import condition_clips, events_from_volume_labels, frame_conditions, read_events
-from neurostorm.tasks.task_state import clip_features, leave_one_run_out
+from neurostorm.evaluation.task_state import clip_features, leave_one_run_out
 
 HAXBY = Path(__file__).resolve().parent.parent / "tests" / "data" / "haxby2001"
 TR = 2.5

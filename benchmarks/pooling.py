@@ -29,8 +29,8 @@ from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.roi import extract_rois
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
+from neurostorm.evaluation.scores import metrics_with_ci, paired_difference, predictions_frame
 from neurostorm.models.linear import fit_linear, linear_outputs
-from neurostorm.tasks.evaluation import metrics_with_ci, paired_difference, predictions_frame
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
 from neurostorm.train.run import cv_splits, pretrain

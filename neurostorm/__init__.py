@@ -1,8 +1,7 @@
 """neurostorm: a foundation model and toolkit for 4D fMRI."""
 
-__version__ = "0.1.0"
-
 from neurostorm.errors import InputError
+from neurostorm.version import __version__
 
 _FROM_MODELS = ("build_model", "from_pretrained", "load_encoder", "load_official_checkpoint", "load_pretrained",
                 "save_pretrained")

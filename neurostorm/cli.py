@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from neurostorm import __version__
 from neurostorm.data.grid import GRIDS
 from neurostorm.errors import InputError, Interrupted
+from neurostorm.version import __version__
 
 # what a stopped command leaves, said in its one line
 _RESUMABLE = "run it again with --resume to go on from the last finished epoch (checkpoints/last.ckpt)"
@@ -114,7 +114,8 @@ def _cmd_store(args: argparse.Namespace) -> int:
     print(f"{args.store}/manifest.parquet: {merged.runs} runs ({merged.parts} parts folded"
           + (f", {len(merged.adopted)} complete run(s) without a row adopted" if merged.adopted else "") + ")")
     if args.action == "compact":
-        from neurostorm.data.store import is_url, remove_stale_temporaries
+        from neurostorm.data.files import is_url
+        from neurostorm.data.store import remove_stale_temporaries
 
         if not is_url(args.store):
             removed, kept = remove_stale_temporaries(Path(args.store))
@@ -211,12 +212,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from neurostorm.tasks.compare import compare, markdown_table, parse_methods, saved_methods
+    from neurostorm.workflows.compare import compare, markdown_table, parse_methods, saved_methods
 
     config = load_experiment(args.task, args.overrides, args.quiet)
     methods = parse_methods(args.models) if args.models else saved_methods(args.task)
     if args.train_subjects:
-        from neurostorm.tasks.curves import curve_means, label_efficiency, parse_sizes
+        from neurostorm.workflows.curves import curve_means, label_efficiency, parse_sizes
 
         curve = label_efficiency(config, methods, args.out, parse_sizes(args.train_subjects), args.repeats,
                                  progress=not args.quiet)
@@ -258,7 +259,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from neurostorm.tasks.explain import explain
+    from neurostorm.workflows.explain import explain
 
     run_config = Path(args.target) / "config.yaml"
     source = args.config or (str(run_config) if run_config.exists() else None)
@@ -273,7 +274,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from neurostorm.demo import run_demo
+    from neurostorm.workflows.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick, seed=args.seed, subjects=args.subjects, progress=not args.quiet)
     print(f"report: {report}")

@@ -17,7 +17,8 @@ import pytest
 
 from neurostorm.cli import main
 from neurostorm.data.grid import GRIDS
-from neurostorm.data.store import Store, completed_record
+from neurostorm.data.runs import completed_record
+from neurostorm.data.store import Store
 
 from .conftest import mni_brain_run, write_run
 

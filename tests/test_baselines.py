@@ -16,8 +16,8 @@ from neurostorm.models.baselines.braingnn import RaGConv, TopKPool, connectome_g
 from neurostorm.models.baselines.brainnetcnn import EdgeToEdge
 from neurostorm.models.baselines.swift import SwiFTConfig, SwinBlock
 from neurostorm.models.weights import load_official_checkpoint, load_pretrained, save_pretrained
-from neurostorm.tasks.compare import Method, saved_methods
 from neurostorm.train.config import load_config
+from neurostorm.workflows.compare import Method, saved_methods
 
 CONNECTOME_MODELS = ["brainnetcnn-tiny", "bnt-tiny", "braingnn-tiny"]
 

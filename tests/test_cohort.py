@@ -14,12 +14,13 @@ import pytest
 import zarr
 
 from neurostorm.cli import main
+from neurostorm.data.files import owned_temporary
 from neurostorm.data.ingest import discover, in_shard, parse_shard, select_runs
 from neurostorm.data.integrity import check_store
 from neurostorm.data.manifest import PARTS, merge_manifest, read_manifest
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.roi import extract_rois
-from neurostorm.data.store import STALE_HOURS, Store, owned_temporary, remove_stale_temporaries
+from neurostorm.data.store import STALE_HOURS, Store, remove_stale_temporaries
 from neurostorm.errors import InputError
 
 from .test_bad_input import kill_job

@@ -7,7 +7,7 @@ import pytest
 
 from neurostorm import InputError
 from neurostorm.cli import main
-from neurostorm.tasks.curves import parse_sizes, subsample
+from neurostorm.workflows.curves import parse_sizes, subsample
 
 
 def test_subsamples_are_stratified_seeded_and_keep_every_class():

@@ -6,8 +6,8 @@ import re
 import pandas as pd
 
 from neurostorm.cli import main
-from neurostorm.demo import FAMILIES, SIZES, leave_site_out_study
-from neurostorm.tasks.compare import Method
+from neurostorm.workflows.compare import Method
+from neurostorm.workflows.demo import FAMILIES, SIZES, leave_site_out_study
 
 
 def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):

@@ -14,7 +14,7 @@ from neurostorm.data.datasets import EventClipDataset
 from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
 from neurostorm.data.store import Store
 from neurostorm.models import ClassificationHead
-from neurostorm.tasks.explain import ClassOutputs, attribute, integrated_gradients
+from neurostorm.workflows.explain import ClassOutputs, attribute, integrated_gradients
 from tests.conftest import blob_maker
 
 # the regions the task_store fixture brightens during each condition's blocks (MNI mm)
@@ -130,7 +130,7 @@ def test_explain_refuses_what_it_cannot_explain(state_run, task_store, tmp_path,
     assert main(["explain", str(state_run), "--subjects", "sub-99", "--out", str(tmp_path / "y")]) == 2
     assert "no runs of subjects ['99']" in capsys.readouterr().err
     with pytest.raises(InputError, match="give --config"):
-        from neurostorm.tasks.explain import explain
+        from neurostorm.workflows.explain import explain
 
         explain(state_run / "model", tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

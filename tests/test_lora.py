@@ -10,7 +10,7 @@ from neurostorm.models import build_model, count_parameters
 from neurostorm.models.heads import ClassificationHead
 from neurostorm.models.lora import LoRALinear, lora_tuning, merge_lora
 from neurostorm.models.weights import load_pretrained
-from neurostorm.tasks.compare import Method
+from neurostorm.workflows.compare import Method
 
 
 def test_merged_weights_compute_the_adapted_forward_and_only_adapters_train():

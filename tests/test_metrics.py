@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from neurostorm.tasks.evaluation import metrics_with_ci, paired_difference
-from neurostorm.tasks.metrics import classification_metrics, probabilities
+from neurostorm.evaluation.metrics import classification_metrics, probabilities
+from neurostorm.evaluation.scores import metrics_with_ci, paired_difference
 
 
 @pytest.mark.parametrize("n_classes", [2, 3, 5])
@@ -76,7 +76,7 @@ def test_scores_that_rank_well_but_fall_on_one_side_of_the_threshold_are_flagged
 
 
 def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the_table():
-    from neurostorm.tasks.compare import METRICS, markdown_table
+    from neurostorm.workflows.compare import METRICS, markdown_table
 
     figures = {f"{m}{suffix}": 0.5 for m in METRICS["classification"] for suffix in ("", "_ci_low", "_ci_high",
                                                                                    "_chance")}
@@ -92,7 +92,7 @@ def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the
 def test_the_checkpoint_score_breaks_balanced_accuracy_ties_by_ranking_only():
     """Two checkpoints that both decide every validation subject as one class tie at balanced accuracy 0.5:
     the one whose scores rank the subjects is kept; a better balanced accuracy always wins over ranking."""
-    from neurostorm.tasks.evaluation import subject_metrics
+    from neurostorm.evaluation.scores import subject_metrics
     from neurostorm.train.modules import checkpoint_score
 
     subjects, y = np.array(["a", "b", "c", "d"]), np.array([0, 0, 1, 1])

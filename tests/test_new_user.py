@@ -12,8 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from neurostorm.cli import main
-from neurostorm.tasks.compare import plot_comparison
 from neurostorm.train.config import CLASSES_AT_MOST, load_config
+from neurostorm.workflows.compare import plot_comparison
 
 
 def errors_of(capsys) -> list[str]:

@@ -12,8 +12,8 @@ from neurostorm import build_model
 from neurostorm.cli import main
 from neurostorm.data.store import Store
 from neurostorm.models.linear import fit_linear
-from neurostorm.tasks.compare import Method
 from neurostorm.train.pooling import RunPooling, RunSeries, fit_attention, run_series
+from neurostorm.workflows.compare import Method
 
 
 def series_of(frames_per_run, clips_per_run=None):

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurostorm.data.store import Store, write_csv_atomic
+from neurostorm.data.files import write_csv_atomic
+from neurostorm.data.store import Store
 
 
 def test_read_clip_shape_and_bounds(store):

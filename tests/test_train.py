@@ -12,11 +12,11 @@ from neurostorm.cli import main
 from neurostorm.models import build_model
 from neurostorm.models.heads import ClassificationHead, Standardise
 from neurostorm.models.weights import load_encoder
-from neurostorm.tasks.compare import Method
 from neurostorm.train.config import load_config, parse_override
 from neurostorm.train.data import LabelledClips
 from neurostorm.train.modules import AdaptModule, adaptation_optim, make_optimizer
 from neurostorm.train.probe import embed_split
+from neurostorm.workflows.compare import Method
 
 
 def run_cli(kind, store, out, *overrides):
@@ -270,7 +270,7 @@ def test_a_split_that_cannot_be_stratified_warns_once():
 
 
 def test_a_one_epoch_loss_plot_has_whole_epoch_ticks_and_its_legend_beside_the_axes():
-    from neurostorm.tasks.evaluation import loss_figure
+    from neurostorm.evaluation.figures import loss_figure
 
     log = pd.DataFrame({"epoch": [0, 0], "step": [3, 3], "train_loss_epoch": [1.0, np.nan], "val_loss": [np.nan, 0.5]})
     fig = loss_figure(log)

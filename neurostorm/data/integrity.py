@@ -13,17 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neurostorm.data.files import filesystem, is_url
 from neurostorm.data.manifest import PARTS
-from neurostorm.data.store import (
-    OPEN_ERRORS,
-    SHARD_FRAMES,
-    DataDigest,
-    Store,
-    filesystem,
-    find_temporaries,
-    is_url,
-    run_names,
-)
+from neurostorm.data.runs import OPEN_ERRORS, SHARD_FRAMES, DataDigest, run_names
+from neurostorm.data.store import Store, find_temporaries
 
 _RECORDED = ("source_sha256", "params", "n_frames", "storage")
 

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from neurostorm.data.store import completed_record, filesystem, is_url, process_alive, put_bytes, run_names
+from neurostorm.data.files import filesystem, is_url, process_alive, put_bytes
+from neurostorm.data.runs import completed_record, run_names
 
 PARTS = "manifest.d"
 LOCK = "manifest.lock"

@@ -9,7 +9,7 @@ Per run, streaming frames so memory stays bounded whatever the run length:
    mean/std (or min/max) over brain voxels and all frames, and checks the run is whole-brain MNI;
 5. pass 2 repeats 1–3, normalises (z-score over brain voxels, background filled with the minimum of the
    normalised brain values, or with ``fill_floor`` where that minimum lies below it and brain values below
-   it clipped to it), quantises and writes each frame (:class:`neurostorm.data.store.RunWriter`).
+   it clipped to it), quantises and writes each frame (:class:`neurostorm.data.runs.RunWriter`).
 
 Every run's normalisation statistics and parameters go to the manifest, so users of pretrained weights
 can reproduce exactly the input the weights expect.
@@ -31,20 +31,15 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from neurostorm import __version__
+from neurostorm.data.files import is_url
 from neurostorm.data.grid import GRIDS, Grid, Reslicer, template_brain_mask
 from neurostorm.data.ingest import RunSource, discover, in_shard, read_labels, repetition_time, select_runs
 from neurostorm.data.manifest import manifest_row, merge_if_idle, read_manifest, write_part
 from neurostorm.data.parallel import TaskRunner
-from neurostorm.data.store import (
-    RunWriter,
-    Store,
-    completed_record,
-    is_url,
-    open_store_for_writing,
-    remove_stale_temporaries,
-)
+from neurostorm.data.runs import RunWriter, completed_record
+from neurostorm.data.store import Store, open_store_for_writing, remove_stale_temporaries
 from neurostorm.errors import InputError
+from neurostorm.version import __version__
 
 _READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError)
 

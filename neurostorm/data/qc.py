@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # drawn off-screen, no pyplot state or backend switch
 
+from neurostorm.data.files import replaced_atomically
 from neurostorm.data.grid import Grid, template_brain_mask
-from neurostorm.data.store import replaced_atomically
 
 
 def save_figure(figure: Figure, path: Path) -> None:

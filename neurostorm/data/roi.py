@@ -24,16 +24,11 @@ from sklearn.covariance import LedoitWolf
 from tqdm.auto import tqdm
 
 from neurostorm.data.atlases import Atlas, load_atlas
+from neurostorm.data.files import replaced_atomically, write_json_atomic, write_npz_atomic, write_parquet_atomic
 from neurostorm.data.grid import Grid
 from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.qc import plot_connectome
-from neurostorm.data.store import (
-    Store,
-    replaced_atomically,
-    write_json_atomic,
-    write_npz_atomic,
-    write_parquet_atomic,
-)
+from neurostorm.data.store import Store
 
 
 def roi_weights(atlas: Atlas, mask: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:

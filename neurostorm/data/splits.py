@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from neurostorm.data.store import write_json_atomic
+from neurostorm.data.files import write_json_atomic
 from neurostorm.errors import InputError
 
 SPLITS = ("train", "val", "test")

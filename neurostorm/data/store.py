@@ -24,64 +24,31 @@ written locally, uploaded, and only then given its manifest part, so a reader ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import socket
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.storage import FsspecStore, LocalStore
 
-from neurostorm import __version__
+from neurostorm.data.files import TMP_MARK, filesystem, is_url, process_alive, put_bytes
+from neurostorm.data.manifest import read_manifest
+from neurostorm.data.runs import SHARD_FRAMES, open_run
 from neurostorm.errors import InputError
+from neurostorm.version import __version__
 
 STORE_FORMAT = "neurostorm-store/2"
 READABLE_FORMATS = ("neurostorm-store/1", STORE_FORMAT)  # /1: the same runs, one manifest.parquet, no parts
-SHARD_FRAMES = 20
-TMP_MARK = ".tmp-"
 STALE_HOURS = 24.0
-OPEN_ERRORS = (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError)  # a run group missing or broken
 _OWNED = re.compile(rf"{re.escape(TMP_MARK)}(?P<host>.+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{{12}})$")
-
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    return "://" in str(location)
-
-
-def filesystem(location: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec file system of a store location (a path or URL) and the path inside it."""
-    fs, root = fsspec.core.url_to_fs(str(location))
-    return fs, root.rstrip("/")
-
-
-def owned_temporary(path: Path) -> Path:
-    """A unique hidden sibling of ``path`` naming its writer: ``.NAME.tmp-HOST-PID-TOKEN``."""
-    return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-
-
-@contextmanager
-def replaced_atomically(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds and is
-    removed when it fails, so readers see the old file or the new one, never half of one."""
-    tmp = owned_temporary(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def data_summary(stores: list[Store]) -> dict:
@@ -89,67 +56,6 @@ def data_summary(stores: list[Store]) -> dict:
     manifests = [store.manifest for store in stores]
     return {"stores": ", ".join(store.location for store in stores), "runs": sum(len(m) for m in manifests),
             "subjects": sum(int(m["subject"].nunique()) for m in manifests if len(m))}
-
-
-class DataDigest:
-    """A run's ``data_sha256``: SHA-256 of its stored values frame by frame, then of its int8 scales (float32;
-    none for a float16 run) — computed as the run is written, and again by ``neurostorm check --data``."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-
-    def add_frames(self, frames: np.ndarray) -> None:
-        """One frame (X, Y, Z) or consecutive frames (T, X, Y, Z), in storage dtype."""
-        self._sha.update(np.ascontiguousarray(frames).tobytes())
-
-    def finish(self, scales) -> str:
-        """The hex digest, once the scales (an empty list when none) are added last."""
-        self._sha.update(np.asarray(scales, dtype=np.float32).tobytes())
-        return self._sha.hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    with replaced_atomically(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-
-
-def write_parquet_atomic(path: Path, table: pd.DataFrame) -> None:
-    with replaced_atomically(path) as tmp:
-        table.to_parquet(tmp, index=False)
-
-
-def write_csv_atomic(path: Path, table: pd.DataFrame, **options) -> None:
-    """``table.to_csv(path, index=False, **options)``, whole or not at all (``sep="\t"`` for a .tsv)."""
-    with replaced_atomically(path) as tmp:
-        table.to_csv(tmp, index=False, **options)
-
-
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with replaced_atomically(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no ".npz"
-        np.savez(handle, **arrays)
-
-
-def put_bytes(location: str, relative: str, payload: bytes) -> None:
-    """Write ``payload`` to ``location/relative`` whole: renamed into place locally, one upload at a URL."""
-    if is_url(location):
-        fs, root = filesystem(location)
-        target = f"{root}/{relative}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # a file system needs the folder; buckets ignore it
-        fs.pipe_file(target, payload)
-        return
-    path = Path(location) / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:
-        tmp.write_bytes(payload)
-
-
-def run_names(location: str) -> list[str]:
-    """The run ids that have a group under ``runs/`` (complete or not; temporaries excluded)."""
-    fs, root = filesystem(location)
-    if not fs.exists(f"{root}/runs"):
-        return []
-    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/runs", detail=False))
-    return sorted(n.removesuffix(".zarr") for n in names if n.endswith(".zarr") and not n.startswith("."))
 
 
 def read_store_info(location: str) -> dict | None:
@@ -192,132 +98,6 @@ def open_store_for_writing(location: str, grid: dict) -> None:
         put_bytes(location, "store.json", json.dumps(payload, indent=2).encode())
     if not is_url(location):
         (Path(location) / "runs").mkdir(parents=True, exist_ok=True)
-
-
-def _same_source(record: dict | None, other: dict) -> bool:
-    return record is not None and all(record.get(k) == other[k] for k in ("source_sha256", "params"))
-
-
-class RunWriter:
-    """Write one run's frames to ``runs/<run_id>.zarr`` of a store, atomically.
-
-    Frames are appended in time order with :meth:`append`; :meth:`commit` writes the record, marks the
-    group complete and publishes it. Without ``commit`` nothing appears under the final name.
-    """
-
-    def __init__(self, location: str, run_id: str, n_frames: int, grid_shape: tuple[int, int, int],
-                 dtype: str, mask: np.ndarray) -> None:
-        self.location, self.run_id = location, run_id
-        if is_url(location):  # staged on local disk, uploaded by commit
-            self.tmp = Path(tempfile.mkdtemp(prefix="neurostorm-")) / f"{run_id}.zarr"
-        else:
-            self.tmp = owned_temporary(Path(location) / "runs" / f"{run_id}.zarr")
-        try:  # stopped here (a signal), the temporary goes with it
-            self.group = zarr.open_group(LocalStore(self.tmp), mode="w")
-            shard = (min(SHARD_FRAMES, n_frames), *grid_shape)
-            self.bold = self.group.create_array("bold", shape=(n_frames, *grid_shape), dtype=dtype,
-                                                chunks=(1, *grid_shape), shards=shard)
-            self.scale = self.group.create_array("scale", shape=(n_frames,), dtype="float32") \
-                if dtype == "int8" else None
-            self.group.create_array("mask", data=np.asarray(mask, dtype=bool))
-        except BaseException:
-            self.abort()
-            raise
-        self._buffer: list[np.ndarray] = []
-        self._scales: list[float] = []
-        self._written = 0
-        self._digest = DataDigest()
-
-    def append(self, frame: np.ndarray, scale: float | None = None) -> None:
-        """Add the next frame (X, Y, Z) in storage dtype, with its int8 scale."""
-        self._buffer.append(frame)
-        self._digest.add_frames(frame)
-        if scale is not None:
-            self._scales.append(scale)
-        if len(self._buffer) == SHARD_FRAMES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        stop = self._written + len(self._buffer)
-        self.bold[self._written:stop] = np.stack(self._buffer)
-        if self.scale is not None:
-            self.scale[self._written:stop] = np.asarray(self._scales[self._written:stop], dtype=np.float32)
-        self._written, self._buffer = stop, []
-
-    def commit(self, record: dict) -> dict:
-        """Publish the run with ``record`` (plus ``data_sha256``) as its attributes; returns that record.
-
-        When another job published the same run from the same source and parameters meanwhile, its copy
-        (identical bytes) is kept and this one dropped."""
-        self._flush()
-        if self._written != self.bold.shape[0]:
-            raise RuntimeError(f"{self.run_id}: wrote {self._written} of {self.bold.shape[0]} frames")
-        record = {**record, "data_sha256": self._digest.finish(self._scales)}
-        self.group.attrs.update({**record, "complete": True})
-        if is_url(self.location):
-            fs, root = filesystem(self.location)
-            final = f"{root}/runs/{self.run_id}.zarr"
-            if fs.exists(final):
-                fs.rm(final, recursive=True)
-            fs.put(str(self.tmp), final, recursive=True)
-            self.abort()
-        else:
-            self._rename_into_place(record)
-        return record
-
-    def _rename_into_place(self, record: dict) -> None:
-        final = Path(self.location) / "runs" / f"{self.run_id}.zarr"
-        for _ in range(10):  # other jobs may publish or replace the same run in between
-            try:
-                os.replace(self.tmp, final)  # fails when a non-empty group is there
-                return
-            except OSError:
-                if _same_source(completed_record(self.location, self.run_id), record):
-                    self.abort()  # the same bytes, written by another job
-                    return
-            trash = owned_temporary(final.with_name(f"{final.name}.old"))
-            try:  # an outdated or partial earlier version: move it aside, then retry
-                os.replace(final, trash)
-            except FileNotFoundError:
-                continue
-            shutil.rmtree(trash, ignore_errors=True)
-        raise RuntimeError(f"{final}: could not replace the run (another job keeps replacing it)")
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp.parent if is_url(self.location) else self.tmp, ignore_errors=True)
-
-
-def open_run(location: str, run_id: str) -> zarr.Group:
-    """The zarr group of one run of a store (nothing read but its metadata)."""
-    url = f"{location}/runs/{run_id}.zarr"
-    backend = FsspecStore.from_url(url, read_only=True) if is_url(url) else LocalStore(url, read_only=True)
-    return zarr.open_group(backend, mode="r")
-
-
-def completed_record(location: str | os.PathLike[str], run_id: str) -> dict | None:
-    """The record of a run's complete group, or None if missing, partial or unreadable."""
-    try:
-        attrs = dict(open_run(str(location), run_id).attrs)
-    except OPEN_ERRORS:
-        return None
-    return attrs if attrs.get("complete") is True else None
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:  # Linux: the state follows the parenthesised name
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 @dataclass(frozen=True)
@@ -393,8 +173,6 @@ class Store:
     @cached_property
     def manifest(self) -> pd.DataFrame:
         """One row per run (see :mod:`neurostorm.data.manifest`)."""
-        from neurostorm.data.manifest import read_manifest
-
         return read_manifest(self.location)
 
     def preprocessing(self) -> dict:

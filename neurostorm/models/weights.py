@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neurostorm import __version__
-from neurostorm.data.store import replaced_atomically
+from neurostorm.data.files import replaced_atomically
 from neurostorm.errors import InputError
 from neurostorm.models.baselines.bnt import BNT, BNTConfig
 from neurostorm.models.baselines.braingnn import BrainGNN, BrainGNNConfig
@@ -31,6 +30,7 @@ from neurostorm.models.encoder import NeuroSTORM, NeuroSTORMConfig
 from neurostorm.models.hub import download_folder, is_hub_id, model_card, push_folder
 from neurostorm.models.reference import check_against, check_model_name, encoder_settings, is_pretraining_checkpoint
 from neurostorm.models.storm import STORM, STORMConfig
+from neurostorm.version import __version__
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 ARCHITECTURES = {"NeuroSTORM": (NeuroSTORM, NeuroSTORMConfig.from_dict), "STORM": (STORM, STORMConfig.from_dict),

@@ -254,7 +254,7 @@ def read_config_file(source: str | Path | None) -> dict:
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """A preset name or a YAML file, then ``key=value`` overrides, validated into an ExperimentConfig."""
     values = read_config_file(source)
-    values.pop("compare", None)  # the methods of a comparison's task.yaml (neurostorm.tasks.compare)
+    values.pop("compare", None)  # the methods of a comparison's task.yaml (neurostorm.workflows.compare)
     for text in overrides:
         values = _merge(values, parse_override(text))
     try:

@@ -19,10 +19,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset
+from neurostorm.data.files import write_json_atomic
 from neurostorm.data.harmonize import harmonize_splits
 from neurostorm.data.roi import rois_of_store
 from neurostorm.data.splits import load_or_make_split, make_split, site_split
-from neurostorm.data.store import Store, write_json_atomic
+from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig

@@ -183,7 +183,7 @@ class AdaptModule(L.LightningModule):
         self._collect("test", batch)
 
     def on_validation_epoch_end(self) -> None:
-        from neurostorm.tasks.evaluation import subject_metrics
+        from neurostorm.evaluation.scores import subject_metrics
 
         gathered = self.outputs.pop("val", [])
         if self.trainer.sanity_checking:

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurostorm.data.store import write_csv_atomic, write_json_atomic, write_npz_atomic
+from neurostorm.data.files import write_csv_atomic, write_json_atomic, write_npz_atomic
 from neurostorm.errors import InputError
+from neurostorm.evaluation.figures import plot_run_figures
+from neurostorm.evaluation.scores import metrics_with_ci, per_site, predictions_frame
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.encoder import count_parameters
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
-from neurostorm.tasks.evaluation import metrics_with_ci, per_site, plot_run_figures, predictions_frame
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import LabelledClips, fit_to_model, over_clips, sites_of
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series

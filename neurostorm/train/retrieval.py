@@ -30,15 +30,16 @@ from sklearn.linear_model import RidgeCV
 from torch.utils.data import DataLoader, Dataset
 
 from neurostorm.data.datasets import ClipDataset, EventClipDataset, clip_tensor
+from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store, data_summary, write_csv_atomic, write_json_atomic
+from neurostorm.data.store import Store, data_summary
 from neurostorm.errors import InputError
+from neurostorm.evaluation.figures import rank_histogram
+from neurostorm.evaluation.retrieval import image_retrieval_queries, reidentification_queries, retrieval_metrics
 from neurostorm.models import EmbeddingHead
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import save_pretrained
-from neurostorm.tasks.evaluation import rank_histogram
-from neurostorm.tasks.retrieval import image_retrieval_queries, reidentification_queries, retrieval_metrics
 from neurostorm.train.config import ExperimentConfig, OptimConfig
 from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
 from neurostorm.train.modules import adaptation_optim, make_optimizer, prepare_adaptation

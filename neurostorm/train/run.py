@@ -25,9 +25,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
+from neurostorm.data.files import write_csv_atomic, write_json_atomic, write_npz_atomic
 from neurostorm.data.splits import site_split
-from neurostorm.data.store import Store, data_summary, write_csv_atomic, write_json_atomic, write_npz_atomic
+from neurostorm.data.store import Store, data_summary
 from neurostorm.errors import InputError
+from neurostorm.evaluation.figures import plot_loss_curves, plot_run_figures
+from neurostorm.evaluation.metrics import per_subject, probabilities
+from neurostorm.evaluation.scores import metrics_with_ci, per_site, predictions_frame
 from neurostorm.models import (
     ClassificationHead,
     RegressionHead,
@@ -41,8 +45,6 @@ from neurostorm.models.weights import (
     load_pretrained,
     save_pretrained,
 )
-from neurostorm.tasks.evaluation import metrics_with_ci, per_site, plot_loss_curves, plot_run_figures, predictions_frame
-from neurostorm.tasks.metrics import per_subject, probabilities
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips, sites_of
 from neurostorm.train.modules import AdaptModule, PretrainModule, adaptation_optim, prepare_adaptation

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store, write_csv_atomic, write_json_atomic
+from neurostorm.data.store import Store
 from neurostorm.errors import InputError
-from neurostorm.tasks.compare import METRICS, Method, compare, paired_differences
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import subjects_table
+from neurostorm.workflows.compare import METRICS, Method, compare, paired_differences
 
 
 def parse_sizes(text: str) -> list[float | int | None]:

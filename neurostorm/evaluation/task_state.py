@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix
 
-from neurostorm.tasks.metrics import bootstrap
+from neurostorm.evaluation.metrics import bootstrap
 
 
 def clip_features(frames: np.ndarray, clips: list[tuple[int, str]], length: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neurostorm.tasks.metrics import bootstrap
+from neurostorm.evaluation.metrics import bootstrap
 
 TOP_K = (1, 5)  # image retrieval: top-k accuracies reported
 

@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
+from neurostorm.data.files import write_csv_atomic
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
-from neurostorm.data.store import write_csv_atomic
 from neurostorm.errors import InputError
+from neurostorm.evaluation.scores import UNDEFINED, paired_difference
 from neurostorm.models import model_applies, model_input, reads_fixed_features, trains_head_on_clips
-from neurostorm.tasks.evaluation import UNDEFINED, paired_difference
 from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
 
 METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)

@@ -27,8 +27,9 @@ from torch import nn
 
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.datasets import clip_tensor
+from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.grid import Grid
-from neurostorm.data.store import Store, write_csv_atomic, write_json_atomic
+from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import check_stores_fit, fit_to_model

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from neurostorm.data.files import write_json_atomic
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
-from neurostorm.data.store import Store, write_json_atomic
-from neurostorm.tasks.compare import METRICS, Method, compare, markdown_table, paired_differences
-from neurostorm.tasks.curves import curve_means, label_efficiency
+from neurostorm.data.store import Store
 from neurostorm.train.config import load_config
 from neurostorm.train.retrieval import RETRIEVAL
 from neurostorm.train.run import pretrain
+from neurostorm.workflows.compare import METRICS, Method, compare, markdown_table, paired_differences
+from neurostorm.workflows.curves import curve_means, label_efficiency
 
 
 @dataclass(frozen=True)
