@@ -19,7 +19,7 @@ demo: $(BIN)/.installed
 	@echo "report: $(DEMO_OUT)/report.md   tables: $(DEMO_OUT)/families   ROI/FC (Power-264): $(DEMO_OUT)/roi-rest"
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile   # two processes; each file's tests in order in one
+	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check neurostorm tests benchmarks

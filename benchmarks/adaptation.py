@@ -49,9 +49,9 @@ from neurostorm.models.weights import load_encoder
 from neurostorm.train.config import load_config
 from neurostorm.train.data import LabelledClips, fit_to_model
 from neurostorm.train.probe import embed_split
-from neurostorm.train.run import finetune
 from neurostorm.train.trainer import initial_encoder
 from neurostorm.workflows.demo import demo_cohort, preprocess_stores
+from neurostorm.workflows.finetune import finetune
 
 LABELS = {"task state": ("objects", ["task.kind=task_state", "data.sequence_length=8"]),
           "sex": ("rest", ["task.label=sex"]),

@@ -33,7 +33,8 @@ from neurostorm.evaluation.scores import metrics_with_ci, paired_difference, pre
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
-from neurostorm.train.run import cv_splits, pretrain
+from neurostorm.train.run import pretrain
+from neurostorm.workflows.finetune import cv_splits
 
 FAMILIES = {"sex": "classification", "age": "regression", "score": "regression", "diagnosis": "classification"}
 HEADLINE = {"classification": "balanced_accuracy", "regression": "pearson_r"}

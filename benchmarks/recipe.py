@@ -41,7 +41,7 @@ from neurostorm.data.roi import extract_rois
 from neurostorm.data.store import Store
 from neurostorm.train.config import load_config
 from neurostorm.train.pooling import RunSeries, run_series
-from neurostorm.train.run import finetune
+from neurostorm.workflows.finetune import finetune
 
 ZSCORE = "model.overrides={voxel_zscore: true}"
 INPUTS = {"as stored": [], "voxel z-scored": [ZSCORE]}  # pretraining overrides of each input

@@ -201,7 +201,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from neurostorm.train.run import finetune
+    from neurostorm.workflows.finetune import finetune
 
     metrics = finetune(_experiment(args), args.out, resume=args.resume)
     counts = ", ".join(f"{metrics[k]} {k[2:]}" for k in ("n_subjects", "n_clips", "n_queries", "n_images")

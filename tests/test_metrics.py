@@ -76,10 +76,11 @@ def test_scores_that_rank_well_but_fall_on_one_side_of_the_threshold_are_flagged
 
 
 def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the_table():
-    from neurostorm.workflows.compare import METRICS, markdown_table
+    from neurostorm.tasks import task_family
+    from neurostorm.workflows.compare import markdown_table
 
-    figures = {f"{m}{suffix}": 0.5 for m in METRICS["classification"] for suffix in ("", "_ci_low", "_ci_high",
-                                                                                   "_chance")}
+    figures = {f"{m}{suffix}": 0.5 for m in task_family("classification").metrics
+               for suffix in ("", "_ci_low", "_ci_high", "_chance")}
     table = pd.DataFrame([{"method": "FC + linear", **figures, "test_subjects": 12, "trainable_parameters": 10,
                            "seconds": 3.0, "note": "every test subject is decided as class 0"},
                           {"method": "bnt", "note": "not applicable to task_state / mode full"}])

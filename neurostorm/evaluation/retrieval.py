@@ -47,27 +47,29 @@ def image_retrieval_queries(brain: np.ndarray, stimulus_of_clip: np.ndarray, ima
     return pd.DataFrame({"rank": (similarity > true[:, None]).sum(1) + 1, "n_candidates": images.shape[0]})
 
 
-def retrieval_metrics(kind: str, queries: pd.DataFrame, seed: int = 0) -> dict:
-    """Metrics with 95 % CIs over the queries of a query table, chance beside them.
+def reidentification_metrics(queries: pd.DataFrame, seed: int = 0) -> dict:
+    """Rank-1 and mean average precision with 95 % CIs over the queries of a query table; chance, the mean
+    share of each query's subject in its gallery, beside them; ``n_gallery`` the largest gallery of a query;
+    ``n_subjects`` the subjects whose queries were scored."""
+    rank, precision = queries["rank"].to_numpy(), queries["average_precision"].to_numpy()
+    result = bootstrap(lambda idx: {"rank1": float((rank[idx] == 1).mean()), "mAP": float(precision[idx].mean())},
+                       len(rank), seed=seed)
+    share = float(queries["chance"].mean())
+    result["chance"] = {"rank1": share, "mAP": share}
+    result["n_queries"], result["n_gallery"] = int(len(rank)), int(queries["n_gallery"].max())
+    result["n_subjects"] = int(queries["subject"].astype(str).nunique())
+    return result
 
-    ``reidentification``: Rank-1 and mean average precision; chance the mean share of each query's subject
-    in its gallery; ``n_gallery`` the largest gallery of a query. ``image_retrieval``: top-k (the stimulus
-    ranks within the first k; recall@k with one relevant item) for each k of :data:`TOP_K` no larger than the
-    fewest candidates; chance the mean k / N. ``n_subjects``: the subjects whose queries were scored."""
-    rank = queries["rank"].to_numpy()
-    if kind == "reidentification":
-        precision = queries["average_precision"].to_numpy()
-        result = bootstrap(lambda idx: {"rank1": float((rank[idx] == 1).mean()), "mAP": float(precision[idx].mean())},
-                           len(rank), seed=seed)
-        share = float(queries["chance"].mean())
-        result["chance"] = {"rank1": share, "mAP": share}
-        result["n_queries"], result["n_gallery"] = int(len(rank)), int(queries["n_gallery"].max())
-    else:
-        candidates = queries["n_candidates"].to_numpy()
-        ks = tuple(k for k in TOP_K if k <= candidates.min())
-        result = bootstrap(lambda idx: {f"top{k}": float((rank[idx] <= k).mean()) for k in ks}, len(rank), seed=seed)
-        result["chance"] = {f"top{k}": float((k / candidates).mean()) for k in ks}
-        result["mean_rank"] = float(rank.mean())
-        result["n_clips"], result["n_images"] = int(len(rank)), int(candidates.max())
+
+def image_retrieval_metrics(queries: pd.DataFrame, seed: int = 0) -> dict:
+    """Top-k accuracy (the stimulus ranks within the first k; recall@k with one relevant item) with 95 % CIs
+    over the queries, for each k of :data:`TOP_K` no larger than the fewest candidates; chance the mean k / N;
+    ``n_subjects`` the subjects whose queries were scored."""
+    rank, candidates = queries["rank"].to_numpy(), queries["n_candidates"].to_numpy()
+    ks = tuple(k for k in TOP_K if k <= candidates.min())
+    result = bootstrap(lambda idx: {f"top{k}": float((rank[idx] <= k).mean()) for k in ks}, len(rank), seed=seed)
+    result["chance"] = {f"top{k}": float((k / candidates).mean()) for k in ks}
+    result["mean_rank"] = float(rank.mean())
+    result["n_clips"], result["n_images"] = int(len(rank)), int(candidates.max())
     result["n_subjects"] = int(queries["subject"].astype(str).nunique())
     return result

@@ -53,25 +53,6 @@ def model_input(name: str) -> str:
     return INPUTS[name]
 
 
-def model_applies(name: str, kind: str, mode: str) -> bool:
-    """Whether the named model can run task ``kind`` in adaptation ``mode``: models that read clips run
-    every task and mode; connectome models predict subject labels by their own training (``full``)."""
-    return model_input(name) == "clips" or (kind in ("classification", "regression") and mode == "full")
-
-
-def reads_fixed_features(name: str, kind: str, mode: str) -> bool:
-    """Whether the named model in ``mode`` learns a subject label from fixed features — FC matrices, or a
-    frozen encoder's embeddings (``probe``) — which ``data.harmonize`` can harmonise by site."""
-    return kind in ("classification", "regression") and (model_input(name) == "fc" or mode == "probe")
-
-
-def trains_head_on_clips(name: str, kind: str, mode: str) -> bool:
-    """Whether the named model in ``mode`` trains a classifier or regressor head on an encoder of clips (full
-    fine-tuning, prompt tuning, LoRA): what ``head_standardise`` is for."""
-    return model_input(name) == "clips" and mode in ("full", "prompt", "lora") and kind in (
-        "classification", "regression", "task_state")
-
-
 def _encoder(preset: str) -> Callable[..., NeuroSTORM]:
     return lambda **overrides: NeuroSTORM(replace(ENCODER_PRESETS[preset], **overrides))
 
@@ -130,4 +111,4 @@ from neurostorm.models.weights import (  # noqa: E402  (weights reads the model 
 __all__ = ["BNT", "MODELS", "STORM", "BrainGNN", "BrainNetCNN", "ClassificationHead", "EmbeddingHead", "FCLinear",
            "NeuroSTORM", "NeuroSTORMConfig", "RegressionHead", "STORMConfig", "SwiFT", "build_model",
            "count_parameters", "from_pretrained", "load_encoder", "load_official_checkpoint", "load_pretrained",
-           "model_applies", "model_input", "register_model", "save_pretrained"]
+           "model_input", "register_model", "save_pretrained"]

@@ -21,8 +21,6 @@ import yaml
 
 from neurostorm.errors import InputError
 
-TASK_KINDS = ("classification", "regression", "task_state", "image_retrieval", "reidentification")
-
 
 @dataclass
 class StoreSource:
@@ -133,8 +131,6 @@ class ExperimentConfig:
         if self.data.harmonize not in HARMONIZATIONS:
             raise ValueError(f"data.harmonize must be one of {', '.join(HARMONIZATIONS)}, got {self.data.harmonize!r}")
         self.lora_targets = tuple(self.lora_targets)
-        if self.task.kind not in TASK_KINDS:
-            raise ValueError(f"task.kind must be one of {', '.join(TASK_KINDS)}, got {self.task.kind!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

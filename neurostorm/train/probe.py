@@ -8,7 +8,6 @@ like every other mode. A standardising head takes its statistics from the same e
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurostorm.data.files import write_csv_atomic, write_json_atomic, write_npz_atomic
+from neurostorm.data.files import write_npz_atomic
 from neurostorm.errors import InputError
-from neurostorm.evaluation.figures import plot_run_figures
-from neurostorm.evaluation.scores import metrics_with_ci, per_site, predictions_frame
+from neurostorm.evaluation.report import write_scored_predictions
+from neurostorm.evaluation.scores import predictions_frame
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.encoder import count_parameters
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
@@ -152,15 +151,8 @@ def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: 
             info: dict, start: float) -> dict:
     """Predictions, metrics with CIs and figures of a probe's test rows; returns the metrics."""
     kind = config.task.kind
-    n_classes = 1 if kind == "regression" else len(data.classes)
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
-    write_csv_atomic(run_dir / "predictions.csv", frame)
-    task = {"kind": kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes, **info,
+    task = {"kind": kind, "label": config.task.label, "classes": data.classes,
+            "n_classes": 1 if kind == "regression" else len(data.classes), **info,
             "train_seconds": time.perf_counter() - start}
-    metrics = metrics_with_ci(kind, n_classes, frame)
-    metrics["task"] = task
-    if config.data.test_sites:
-        metrics["per_site"] = per_site(kind, n_classes, frame, sites_of(data.store))
-    write_json_atomic(run_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    plot_run_figures(kind, n_classes, frame, data.classes, None, run_dir / "figures")
-    return metrics
+    return write_scored_predictions(run_dir, frame, task, sites_of(data.store) if config.data.test_sites else None)

@@ -1,4 +1,5 @@
-"""Runs: pretrain, fine-tune (full / prompt / probe), evaluate, embed, predict — each writes a folder.
+"""Training runs: pretrain; a label or task state trained and tested on one split (full / prompt / lora /
+probe); evaluate, embed, predict — each writes a folder.
 
 RUN_DIR/config.yaml       the full configuration
 RUN_DIR/split.json        subjects per split (reused when present)
@@ -12,7 +13,6 @@ RUN_DIR/figures/*.png     loss curves; ROC and confusion matrix, or predicted vs
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from functools import partial
@@ -26,18 +26,15 @@ from torch.utils.data import DataLoader
 
 from neurostorm.data.datasets import ClipDataset
 from neurostorm.data.files import write_csv_atomic, write_json_atomic, write_npz_atomic
-from neurostorm.data.splits import site_split
 from neurostorm.data.store import Store, data_summary
 from neurostorm.errors import InputError
-from neurostorm.evaluation.figures import plot_loss_curves, plot_run_figures
+from neurostorm.evaluation.figures import plot_loss_curves
 from neurostorm.evaluation.metrics import per_subject, probabilities
-from neurostorm.evaluation.scores import metrics_with_ci, per_site, predictions_frame
+from neurostorm.evaluation.report import write_scored_predictions
+from neurostorm.evaluation.scores import metrics_with_ci, predictions_frame
 from neurostorm.models import (
     ClassificationHead,
     RegressionHead,
-    model_applies,
-    reads_fixed_features,
-    trains_head_on_clips,
 )
 from neurostorm.models.encoder import NeuroSTORM
 from neurostorm.models.lora import merge_lora
@@ -50,7 +47,6 @@ from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit
 from neurostorm.train.modules import AdaptModule, PretrainModule, adaptation_optim, prepare_adaptation
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
 from neurostorm.train.probe import fit_head_scale, linear_probe
-from neurostorm.train.retrieval import RETRIEVAL, retrieval, score_queries
 from neurostorm.train.trainer import (
     build_named,
     check_model_init,
@@ -113,38 +109,12 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
     return head, n_classes, 0.0, 1.0, weights
 
 
-def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Adapt an encoder to a label (``config.mode``: full, prompt, lora or probe); test on the held-out subjects.
-    Refused for bad input before anything is left in a new ``run_dir``."""
-    with nothing_left_if_refused(run_dir) as folder:
-        return _finetune(config, folder, resume)
-
-
-def _finetune(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict:
-    if config.head_standardise and not trains_head_on_clips(config.model.name, config.task.kind, config.mode):
-        raise InputError("head_standardise", "a standardising head is for a head trained on an encoder of clips "
-                                             "(mode full, prompt or lora; a label or task state)")
-    if config.data.test_sites and config.task.kind not in ("classification", "regression"):
-        raise InputError("data.test_sites", "leave-site-out splits subjects by site for subject labels "
-                                            "(classification, regression); for task state use data.cv_by_site=true")
-    if config.data.harmonize != "none" and not reads_fixed_features(config.model.name, config.task.kind, config.mode):
-        raise InputError("data.harmonize", "ComBat harmonises fixed features by site: the FC of connectome models "
-                                           "and a frozen encoder's embeddings (mode=probe), for subject labels; "
-                                           "an encoder adapted on clips reads voxels")
-    check_model_init(config.model.init)
-    if config.data.cv_folds > 1 or config.data.cv_by_site:
-        return cross_validate(config, run_dir)
-    if config.pooling != "mean" and config.mode != "probe":
-        raise InputError("config", f"pooling={config.pooling} pools a frozen encoder's runs: use it with mode=probe")
-    if not model_applies(config.model.name, config.task.kind, config.mode):
-        raise InputError("config", f"{config.model.name} reads connectivity: it predicts classification or "
-                                   "regression labels with mode=full")
-    if config.task.kind in RETRIEVAL:
-        return retrieval(config, start_run(config, run_dir))
+def train_and_test(config: ExperimentConfig, run_dir: Path, checkpoint: Path | None = None) -> dict:
+    """A label or task state learned on one split and scored on its test subjects: a linear model on fixed
+    features (``mode=probe``, ``fc-linear``), or the encoder (or connectome model) adapted with a head
+    (``mode`` full, prompt or lora), resumed from ``checkpoint`` when given. ``run_dir`` holds config.yaml."""
     if config.mode == "probe" or config.model.name == "fc-linear":
-        return linear_probe(config, start_run(config, run_dir))
-    checkpoint = resume_path(run_dir, resume)
-    run_dir = start_run(config, run_dir)
+        return linear_probe(config, run_dir)
     data = LabelledClips(config, run_dir)
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
@@ -203,15 +173,8 @@ def report(run_dir: Path, module: AdaptModule, data: LabelledClips, task: dict) 
     """Test predictions, metrics with CIs, figures; returns the metrics."""
     module.eval()
     frame = predict_clips(module, data.loader("test"))
-    write_csv_atomic(run_dir / "predictions.csv", frame)
-    metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
-    metrics["task"] = task
-    if data.config.data.test_sites:
-        metrics["per_site"] = per_site(task["kind"], task["n_classes"], frame, sites_of(data.store))
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    plot_run_figures(task["kind"], task["n_classes"], frame, task["classes"], run_dir / "logs" / "metrics.csv",
-                     run_dir / "figures")
-    return metrics
+    return write_scored_predictions(run_dir, frame, task, sites_of(data.store) if data.config.data.test_sites
+                                    else None, run_dir / "logs" / "metrics.csv")
 
 
 def evaluate(run_dir: str | Path) -> dict:
@@ -304,65 +267,3 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
             table[f"p_{cls}"] = prob[:, k]
     write_csv_atomic(out_dir / "subject_predictions.csv", table)
     return table
-
-
-def cv_splits(subjects: pd.DataFrame, folds: int, val_fraction: float, seed: int, stratify: str | None
-              ) -> list[dict[str, list[str]]]:
-    """k folds of subjects: each fold's subjects are the test set once; val is drawn from the rest. Classes
-    are balanced across folds when ``stratify`` names a label; with a ``site`` column no site is split."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    table = subjects.drop_duplicates("subject").reset_index(drop=True)
-    groups = table["site"].astype(str) if "site" in table else table["subject"].astype(str)
-    labels = table[stratify].astype(str) if stratify else pd.Series(np.zeros(len(table), dtype=int))
-    if groups.nunique() < folds:
-        raise InputError("config", f"{folds} folds need at least {folds} groups (subjects or sites)")
-    out = []
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for rest, test in splitter.split(table, labels, groups):
-        rest_ids = table["subject"].iloc[rest].astype(str).to_numpy()
-        rng = np.random.default_rng([seed, len(out)])
-        val = set(rng.choice(rest_ids, max(1, int(round(val_fraction * len(rest_ids)))), replace=False))
-        out.append({"train": sorted(set(rest_ids) - val), "val": sorted(val),
-                    "test": sorted(table["subject"].iloc[test].astype(str))})
-    return out
-
-
-def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
-    """Run every fold in RUN/fold-k and score the pooled test predictions (each subject tested once); for
-    retrieval the pooled queries, each scored against its own fold's test subjects and stimuli."""
-    run_dir = start_run(config, run_dir)
-    store = Store(config.data.stores[0].path)
-    stratify = config.task.label if config.task.kind == "classification" else None
-    subjects = store.manifest.astype({"subject": str})
-    if stratify:
-        subjects = subjects.dropna(subset=[stratify])
-    if config.data.cv_by_site:  # one fold per site: train on the others, test on it
-        if "site" not in subjects.columns:
-            raise InputError(store.location, "data.cv_by_site needs a 'site' column in the labels")
-        folds = [site_split(subjects, [site], config.data.val_share, config.trainer.seed)
-                 for site in sorted(subjects["site"].astype(str).unique())]
-    else:
-        folds = cv_splits(subjects, config.data.cv_folds, config.data.val_share, config.trainer.seed, stratify)
-    frames = []
-    for k, split in enumerate(folds):
-        fold_dir = run_dir / f"fold-{k}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fold_dir / "split.json", split)
-        fold = dataclasses.replace(config, data=dataclasses.replace(
-            config.data, cv_folds=0, cv_by_site=False, test_sites=[], split_file=str(fold_dir / "split.json")))
-        metrics = finetune(fold, fold_dir)
-        table = "queries.csv" if config.task.kind in RETRIEVAL else "predictions.csv"
-        frames.append(pd.read_csv(fold_dir / table, dtype={"subject": str}).assign(fold=k))
-    task = {**metrics["task"], "folds": len(folds)}
-    pooled = pd.concat(frames, ignore_index=True)
-    if config.task.kind in RETRIEVAL:
-        return score_queries(pooled, task, run_dir)
-    write_csv_atomic(run_dir / "predictions.csv", pooled)
-    result = metrics_with_ci(task["kind"], task["n_classes"], pooled)
-    result["task"] = task
-    if "site" in subjects.columns:
-        result["per_site"] = per_site(task["kind"], task["n_classes"], pooled, sites_of(store))
-    write_json_atomic(run_dir / "metrics.json", result)
-    plot_run_figures(task["kind"], task["n_classes"], pooled, task["classes"], None, run_dir / "figures")
-    return result

@@ -27,16 +27,10 @@ from neurostorm.data.files import write_csv_atomic
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.evaluation.scores import UNDEFINED, paired_difference
-from neurostorm.models import model_applies, model_input, reads_fixed_features, trains_head_on_clips
+from neurostorm.models import model_input
+from neurostorm.tasks import task_family
 from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
-
-METRICS = {  # every metric of a task kind, the headline first (figures and paired differences use it)
-    "classification": ("balanced_accuracy", "auroc", "accuracy", "f1_macro"),
-    "regression": ("pearson_r", "mae", "mse"),
-    "task_state": ("balanced_accuracy", "accuracy", "f1_macro", "auroc"),
-    "image_retrieval": ("top1", "top5"),
-    "reidentification": ("rank1", "mAP"),
-}
+from neurostorm.workflows.finetune import finetune
 
 
 @dataclass(frozen=True)
@@ -68,17 +62,18 @@ class Method:
             (f":{self.mode}" if self.mode != "full" else "") + (f"+{self.pooling}" if self.pooling != "mean" else "")
 
     def applies_to(self, kind: str, harmonize: str = "none") -> bool:
+        family = task_family(kind)
         run_level = self.pooling != "mean"  # one row per run: subject labels only
-        harmonizable = reads_fixed_features(self.model, kind, self.mode) and self.pooling != "attention"
-        return model_applies(self.model, kind, self.mode) and (not run_level or kind in ("classification",
-                                                                                          "regression")) \
+        harmonizable = family.reads_fixed_features(self.model, self.mode) and self.pooling != "attention"
+        return family.model_applies(self.model, self.mode) and (not run_level or family.subject_labels) \
             and (harmonize == "none" or harmonizable)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
         """The comparison's configuration for this method; ``head_standardise`` only where the method trains a
         head on an encoder of clips."""
         model = dataclasses.replace(config.model, name=self.model, init=self.init)
-        standardise = config.head_standardise and trains_head_on_clips(self.model, config.task.kind, self.mode)
+        standardise = config.head_standardise and task_family(config.task.kind).trains_head_on_clips(self.model,
+                                                                                                    self.mode)
         return dataclasses.replace(config, model=model, mode=self.mode, pooling=self.pooling,
                                    head_standardise=standardise)
 
@@ -90,8 +85,6 @@ def run_folder_name(label: str) -> str:
 def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, progress: bool = True
             ) -> pd.DataFrame:
     """Run every method on the task of ``config``; returns the table (one row per method)."""
-    from neurostorm.train.run import finetune
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.replace(config.data, split_file=config.data.split_file or str(out / "split.json"),
@@ -100,6 +93,7 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     entries = [m.spec if m.label == m.spec else {m.label: m.spec} for m in methods]  # a label where it differs
     save_config(config, out / "task.yaml", {"compare": {"methods": entries}})
     kind, rows = config.task.kind, []
+    metric_names = task_family(kind).metrics
     bar = tqdm(methods, desc=f"compare {kind}", unit="method", disable=not progress)
     for method in bar:
         bar.set_postfix_str(method.label)
@@ -115,12 +109,12 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
                    command=f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}",
                    trainable_parameters=metrics["task"].get("trainable_parameters"),
                    test_subjects=metrics.get("n_subjects"), note=_run_note(metrics))
-        for name in METRICS[kind]:
+        for name in metric_names:
             value = metrics.get(name, UNDEFINED)  # e.g. AUROC without every class among the test subjects
             row.update({name: value["value"], f"{name}_ci_low": value["ci_low"], f"{name}_ci_high": value["ci_high"]})
             row[f"{name}_chance"] = metrics.get("chance", {}).get(name, 0.0 if name == "pearson_r" else np.nan)
         for site, scores in metrics.get("per_site", {}).items():  # leave-site-out, cross-validation by site
-            value = scores.get(METRICS[kind][0], UNDEFINED)
+            value = scores.get(metric_names[0], UNDEFINED)
             row.update({f"site={site}": value["value"], f"site={site}_ci_low": value["ci_low"],
                         f"site={site}_ci_high": value["ci_high"], f"site={site}_subjects": scores.get("n_subjects")})
         rows.append(row)
@@ -140,15 +134,17 @@ def _run_note(metrics: dict) -> str:
 
 def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, str]]) -> list[dict]:
     """For each (A, B) of method labels that both ran: A's headline metric minus B's on the same test
-    subjects, with its paired-bootstrap 95 % CI. Retrieval runs keep no per-clip predictions: none there."""
-    if kind not in ("classification", "regression", "task_state"):
+    subjects, with its paired-bootstrap 95 % CI; none for a family whose test rows are not paired by subject
+    (retrieval: each query is ranked among its own fold's)."""
+    family = task_family(kind)
+    if not family.paired:
         return []
-    metric, runs = METRICS[kind][0], {r["method"]: r.get("run") for r in table.to_dict("records")}
+    metric, runs = family.headline, {r["method"]: r.get("run") for r in table.to_dict("records")}
     differences = []
     for a, b in pairs:
         if not (isinstance(runs.get(a), str) and isinstance(runs.get(b), str)):
             continue
-        frames = [pd.read_csv(Path(runs[m]) / "predictions.csv", dtype={"subject": str}) for m in (a, b)]
+        frames = [pd.read_csv(Path(runs[m]) / family.predictions, dtype={"subject": str}) for m in (a, b)]
         n_classes = json.loads((Path(runs[a]) / "metrics.json").read_text())["task"].get("n_classes", 1)
         differences.append({"a": a, "b": b, "metric": metric,
                             **paired_difference(kind, n_classes, frames[0], frames[1], metric)})
@@ -159,7 +155,7 @@ def markdown_table(table: pd.DataFrame, kind: str) -> str:
     """One line per method: each metric as value [95 % CI], chance of the headline metric, test subjects,
     trained parameters, seconds, then the headline metric of each test site where runs report sites; a
     warning line under the table when the test subjects are few."""
-    metrics = METRICS[kind]
+    metrics = task_family(kind).metrics
     sites = [c for c in table.columns if c.startswith("site=") and not c.endswith(("_ci_low", "_ci_high", "_subjects"))]
     lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + f" | chance ({metrics[0]}) | "
              "test subjects | trained parameters | seconds |" + "".join(f" {metrics[0]} at {c[5:]} |" for c in sites),
@@ -200,7 +196,7 @@ def _count(value) -> str:
 
 def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
     """The headline metric of each method with its 95 % CI, chance as a dashed line."""
-    metric = METRICS[kind][0]
+    metric = task_family(kind).headline
     done = table[table[metric].notna()] if metric in table else table.iloc[:0]  # methods that ran
     fig = Figure(figsize=(max(5.0, 1.1 * len(done) + 2), 4))
     ax = fig.subplots()

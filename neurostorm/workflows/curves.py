@@ -26,9 +26,10 @@ from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.splits import load_or_make_split
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
+from neurostorm.tasks import task_family
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import subjects_table
-from neurostorm.workflows.compare import METRICS, Method, compare, paired_differences
+from neurostorm.workflows.compare import Method, compare, paired_differences
 
 
 def parse_sizes(text: str) -> list[float | int | None]:
@@ -69,7 +70,8 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
     if repeats < 1:
         raise InputError("--repeats", f"must be at least 1, got {repeats}")
     kind, label = config.task.kind, config.task.label
-    if kind not in ("classification", "regression"):
+    family = task_family(kind)
+    if not family.subject_labels:
         raise InputError("--train-subjects", "label-efficiency curves subsample labelled subjects: they are for "
                                              "classification and regression")
     out = Path(out)
@@ -78,13 +80,13 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
     subjects = subjects_table(store).dropna(subset=[label]) if label in store.manifest else None
     if subjects is None:
         raise InputError(store.location, f"no label column {label!r} in the store")
-    stratify = label if kind == "classification" else None
+    stratify = family.stratify_by(config)
     split = load_or_make_split(out / "split.json", subjects, config.data.split_fractions, config.trainer.seed,
                                stratify)
     labels = subjects.set_index("subject")[label].astype(str) if stratify else None
     n_classes = labels[split["train"]].nunique() if labels is not None else 1
     shared = dataclasses.replace(config.data, roi_dir=config.data.roi_dir or str(out / "roi"))
-    metric, rows, differences = METRICS[kind][0], [], []
+    metric, rows, differences = family.headline, [], []
     plan = []  # (size as asked, subjects, why it cannot run or "")
     for size in sizes:
         n = len(split["train"]) if size is None else int(round(size * len(split["train"]))) \

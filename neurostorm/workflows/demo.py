@@ -26,10 +26,10 @@ from neurostorm.data.files import write_json_atomic
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
+from neurostorm.tasks import task_family
 from neurostorm.train.config import load_config
-from neurostorm.train.retrieval import RETRIEVAL
 from neurostorm.train.run import pretrain
-from neurostorm.workflows.compare import METRICS, Method, compare, markdown_table, paired_differences
+from neurostorm.workflows.compare import Method, compare, markdown_table, paired_differences
 from neurostorm.workflows.curves import curve_means, label_efficiency
 
 
@@ -135,7 +135,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, subjects: int 
         start = time.perf_counter()
         extra = [f"task.stimuli={bids / 'stimuli.npz'}"] if "image" in family else []
         folds = [f"data.cv_folds={size.cv_folds}"] if size.cv_folds else []
-        labelled = load_config("tiny", task).task.kind not in RETRIEVAL
+        labelled = task_family(load_config("tiny", task).task.kind).trains_head
         overrides = [*common, "trainer.progress=false", f"optim.epochs={size.epochs}", *(recipe if labelled else []),
                      f"data.stores=[{out / f'store-{store}'}]", f"data.roi_dir={out / f'roi-{store}'}", *task, *extra]
         folder = out / "families" / family.split(" (")[0].replace(" ", "-")
@@ -213,9 +213,9 @@ def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[s
              "![pretraining loss curves](runs/pretrain/figures/loss_curves.png)", "", f"`{pretrain_command}`", ""]
     for family, result in families.items():
         kind, folder = result["kind"], Path(result["folder"])
-        lines += [f"## {family} — {METRICS[kind][0]}", "", markdown_table(result["table"], kind), ""]
+        lines += [f"## {family} — {task_family(kind).headline}", "", markdown_table(result["table"], kind), ""]
         if result["differences"]:
-            lines += ["Paired differences in " + METRICS[kind][0] + " (95 % CI):", ""]
+            lines += ["Paired differences in " + task_family(kind).headline + " (95 % CI):", ""]
             lines += [f"- {d['a']} − {d['b']}: {_interval(d)}" for d in result["differences"]] + [""]
         lines += [f"![{family}]({folder.relative_to(out) / 'comparison.png'})", "",
                   "Commands (the table, then each row):", "", f"- `{result['command']}`"]

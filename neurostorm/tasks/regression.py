@@ -1,0 +1,10 @@
+"""Regression of a subject label (age, a cognitive score, …): a value per clip in the label's units, averaged
+per subject, scored by Pearson's r, MAE and MSE."""
+
+from neurostorm.tasks.prediction import PredictionTask
+
+
+class Regression(PredictionTask):
+    kind = "regression"
+    metrics = ("pearson_r", "mae", "mse")
+    subject_labels = True
