@@ -20,8 +20,6 @@ if not torch.cuda.is_available():  # Triton kernels run on CPU tensors in Triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")  # an unreachable scheduler fails fast
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches the network: Hub ids resolve from a local cache
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two test processes on two cores: one thread each
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
