@@ -57,7 +57,8 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    # classification | regression | task_state | image_retrieval | reidentification; when not given: regression
+    # a registered task family (neurostorm.tasks: classification, regression, task_state, image_retrieval,
+    # reidentification, and plugins); when not given: regression
     # for a numeric label with more than CLASSES_AT_MOST values in the store, else classification
     kind: str = "classification"
     label: str | None = None  # column of the store's labels (participants.tsv); task_state: not used
