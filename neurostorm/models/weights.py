@@ -264,6 +264,10 @@ def _deliberately_absent(model: nn.Module, name: str) -> bool:
         return name.startswith("transformers.") and name.endswith("bias")
     if isinstance(model, BrainNetCNN):
         return name.startswith("e2e.") and name.endswith(".col.bias")
+    return _is_prompt(name)
+
+
+def _is_prompt(name: str) -> bool:
     return name.endswith(".prompt") or name == "prompt"
 
 
@@ -340,6 +344,6 @@ def _load_reference_state(checkpoint: object, path: str | Path, model: nn.Module
         raise InputError(path, f"not a checkpoint of this {type(model).__name__}: {found}, {len(needed)} missing "
                                f"(e.g. {', '.join(needed[:3])}); the checkpoint's unmatched names: {names}; "
                                "nothing was loaded")
-    zeroed = {name: torch.zeros_like(own[name]) for name in report.missing if not name.endswith("prompt")}
+    zeroed = {name: torch.zeros_like(own[name]) for name in report.missing if not _is_prompt(name)}
     model.load_state_dict({**own, **zeroed, **updates})
     return report

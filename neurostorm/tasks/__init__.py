@@ -68,9 +68,8 @@ def task_kinds() -> list[str]:
 
 def task_family(kind: str) -> TaskFamily:
     """The family of ``task.kind``; an unknown kind is an :class:`InputError` naming the registered ones."""
-    _load_plugins()
-    if kind not in FAMILIES:
-        raise InputError("task.kind", f"unknown task kind {kind!r}; registered: {', '.join(sorted(FAMILIES))}")
+    if kind not in task_kinds():
+        raise InputError("task.kind", f"unknown task kind {kind!r}; registered: {', '.join(task_kinds())}")
     return FAMILIES[kind]
 
 
