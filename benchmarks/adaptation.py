@@ -46,6 +46,7 @@ from neurostorm.data.simulate import simulate_cohort
 from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.models.weights import load_encoder
+from neurostorm.tasks import task_family
 from neurostorm.train.config import load_config
 from neurostorm.train.data import LabelledClips, fit_to_model
 from neurostorm.train.probe import embed_split
@@ -151,14 +152,14 @@ def probe_on_validation(model: Path, stores: dict[str, Path], out: Path, seeds: 
                                       f"data.stores=[{stores[store]}]", f"model.init={model}", *task])
         folder = out / f"probe-{label.replace(' ', '-')}-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        data = LabelledClips(config, folder)
+        target = task_family(config.task.kind).target
+        data = LabelledClips(config, folder, target)
         encoder = initial_encoder(config, data)
         train, val = embed_split(encoder, data, "train"), embed_split(encoder, data, "val")
-        kind = "regression" if config.task.kind == "regression" else "classification"
-        n_outputs = 1 if kind == "regression" else len(data.classes)
-        linear = fit_linear(train["output"], train["y"], train["subject"], kind)
-        scores = subject_metrics(config.task.kind, n_outputs, val["subject"],
-                                 linear_outputs(linear, val["output"], kind, n_outputs), val["y"])
+        n_outputs = 1 if target.values else len(data.classes)
+        linear = fit_linear(train["output"], train["y"], train["subject"], target.estimator)
+        scores = subject_metrics(target, n_outputs, val["subject"],
+                                 linear_outputs(linear, val["output"], target.estimator, n_outputs), val["y"])
         rows.append({"label": label, "val_balanced_accuracy": scores.get("balanced_accuracy", np.nan),
                      "val_ranking": scores["pearson_r" if label == "age" else "auroc"]})
     return pd.DataFrame(rows).groupby("label", sort=False).mean()

@@ -30,7 +30,9 @@ from neurostorm.data.roi import extract_rois
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
 from neurostorm.evaluation.scores import metrics_with_ci, paired_difference, predictions_frame
+from neurostorm.evaluation.target import Target
 from neurostorm.models.linear import fit_linear, linear_outputs
+from neurostorm.tasks import task_family
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.pooling import RunPooling, RunSeries, attention_outputs, fit_attention, run_series
 from neurostorm.train.run import pretrain
@@ -45,22 +47,22 @@ def _subset(series: RunSeries, keep: set[str]) -> RunSeries:
     return series.select(i for i, subject in enumerate(series.subjects) if subject in keep)
 
 
-def _targets(manifest: pd.DataFrame, label: str, kind: str, run_ids: list[str]) -> tuple[np.ndarray, int]:
+def _targets(manifest: pd.DataFrame, label: str, target: Target, run_ids: list[str]) -> tuple[np.ndarray, int]:
     column = manifest.set_index("run_id")[label]
-    if kind == "regression":
+    if target.values:
         return column.loc[run_ids].to_numpy(float), 1
     classes = sorted(column.astype(str).unique())
     return np.array([classes.index(str(v)) for v in column.loc[run_ids]]), len(classes)
 
 
 def _fit_predict(pooling: str, train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: np.ndarray,
-                 test: RunSeries, kind: str, n_classes: int) -> np.ndarray:
+                 test: RunSeries, target: Target, n_classes: int) -> np.ndarray:
     if pooling == "attention":
-        model, fitted = fit_attention(train, y_train, val, y_val, kind, n_classes)
-        return attention_outputs(model, fitted, test, kind)
+        model, fitted = fit_attention(train, y_train, val, y_val, target.values, n_classes)
+        return attention_outputs(model, fitted, test, target.values)
     features = RunPooling(pooling).fit(train)
-    linear = fit_linear(features.transform(train), y_train, np.array(train.subjects), kind)
-    return linear_outputs(linear, features.transform(test), kind, n_classes)
+    linear = fit_linear(features.transform(train), y_train, np.array(train.subjects), target.estimator)
+    return linear_outputs(linear, features.transform(test), target.estimator, n_classes)
 
 
 def _fc_series(roi: Path, store: Store) -> RunSeries:
@@ -82,33 +84,33 @@ def _frame(series: RunSeries, outputs: np.ndarray, y: np.ndarray) -> pd.DataFram
 
 def evaluate(methods: dict[str, RunSeries], store: Store, folds: list[dict], label: str) -> pd.DataFrame:
     kind = FAMILIES[label]
-    metric = HEADLINE[kind]
+    metric, target = HEADLINE[kind], task_family(kind).target
     rows, frames = [], {}
     for name, series in methods.items():
         pooling = "mean" if name == "FC + linear" else name.split(" ")[-1]  # FC: its one row per run as is
         val_scores, test_frames = [], []
         for fold in folds:
             parts = {k: _subset(series, set(fold[k])) for k in ("train", "val", "test")}
-            y = {k: _targets(store.manifest, label, kind, parts[k].run_ids)[0] for k in parts}
-            n_classes = _targets(store.manifest, label, kind, series.run_ids)[1]
-            val_out = _fit_predict(pooling, parts["train"], y["train"], parts["val"], y["val"], parts["val"], kind,
+            y = {k: _targets(store.manifest, label, target, parts[k].run_ids)[0] for k in parts}
+            n_classes = _targets(store.manifest, label, target, series.run_ids)[1]
+            val_out = _fit_predict(pooling, parts["train"], y["train"], parts["val"], y["val"], parts["val"], target,
                                    n_classes)
-            val_scores.append(metrics_with_ci(kind, n_classes, _frame(parts["val"], val_out, y["val"]),
+            val_scores.append(metrics_with_ci(target, n_classes, _frame(parts["val"], val_out, y["val"]),
                                               n_boot=1)[metric]["value"])
             both = RunSeries()
             both.extend(parts["train"])
             both.extend(parts["val"])
             test_out = _fit_predict(pooling, both, np.concatenate([y["train"], y["val"]]), parts["val"], y["val"],
-                                    parts["test"], kind, n_classes)
+                                    parts["test"], target, n_classes)
             test_frames.append(_frame(parts["test"], test_out, y["test"]))
         frames[name] = pd.concat(test_frames, ignore_index=True)
-        result = metrics_with_ci(kind, n_classes, frames[name])[metric]
+        result = metrics_with_ci(target, n_classes, frames[name])[metric]
         rows.append({"family": label, "method": name, "metric": metric, "validation": float(np.nanmean(val_scores)),
                      "test": result["value"], "ci_low": result["ci_low"], "ci_high": result["ci_high"]})
     for row in rows:
         if row["method"] != "FC + linear":
-            n_classes = _targets(store.manifest, label, kind, methods["FC + linear"].run_ids)[1]
-            difference = paired_difference(kind, n_classes, frames[row["method"]], frames["FC + linear"], metric)
+            n_classes = _targets(store.manifest, label, target, methods["FC + linear"].run_ids)[1]
+            difference = paired_difference(target, n_classes, frames[row["method"]], frames["FC + linear"], metric)
             row.update(vs_fc=difference["value"], vs_fc_low=difference["ci_low"], vs_fc_high=difference["ci_high"])
     return pd.DataFrame(rows)
 
@@ -118,7 +120,7 @@ def evaluate_families(methods: dict[str, RunSeries], store: Store) -> pd.DataFra
     tables = []
     for label in FAMILIES:
         subjects = store.manifest.astype({"subject": str}).drop(columns="site")  # folds by subject
-        stratify = label if FAMILIES[label] == "classification" else None
+        stratify = label if task_family(FAMILIES[label]).stratified else None
         tables.append(evaluate(methods, store, cv_splits(subjects, 5, 0.25, seed=0, stratify=stratify), label))
     return pd.concat(tables, ignore_index=True)
 

@@ -7,6 +7,9 @@ from sklearn import metrics as skm
 
 from neurostorm.evaluation.metrics import classification_metrics, probabilities
 from neurostorm.evaluation.scores import metrics_with_ci, paired_difference
+from neurostorm.evaluation.target import Target
+
+CLASSES = Target(stratified=True)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3, 5])
@@ -46,12 +49,12 @@ def test_paired_difference_is_tighter_than_either_interval():
     wrong = np.flatnonzero(np.sign(noisy) != 2 * y - 1)[:3]
     better[wrong] *= -1  # three subjects corrected, all else identical
     a, b = predictions(better, y), predictions(noisy, y)
-    difference = paired_difference("classification", 2, a, b, "accuracy")
-    each = [metrics_with_ci("classification", 2, f)["accuracy"] for f in (a, b)]
+    difference = paired_difference(CLASSES, 2, a, b, "accuracy")
+    each = [metrics_with_ci(CLASSES, 2, f)["accuracy"] for f in (a, b)]
     assert difference["value"] == pytest.approx(3 / 40)
     assert 0 <= difference["ci_low"] <= difference["value"] <= difference["ci_high"]
     assert difference["ci_high"] - difference["ci_low"] < min(e["ci_high"] - e["ci_low"] for e in each)
-    same = paired_difference("classification", 2, a, a, "accuracy")
+    same = paired_difference(CLASSES, 2, a, a, "accuracy")
     assert same == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
 
 
@@ -60,7 +63,7 @@ def test_paired_difference_refuses_different_test_subjects():
     b = predictions(np.ones(4), y)
     b["subject"] = b["subject"].str.replace("03", "99")
     with pytest.raises(ValueError, match="same test subjects"):
-        paired_difference("classification", 2, predictions(np.ones(4), y), b, "accuracy")
+        paired_difference(CLASSES, 2, predictions(np.ones(4), y), b, "accuracy")
 
 
 def test_scores_that_rank_well_but_fall_on_one_side_of_the_threshold_are_flagged():
@@ -69,10 +72,10 @@ def test_scores_that_rank_well_but_fall_on_one_side_of_the_threshold_are_flagged
     still rank the subjects perfectly. The metrics say so instead of leaving the reader to guess."""
     y = np.array([0, 1, 1])
     logits = np.array([-0.2031, -0.2027, -0.2025])  # log(6/7) ± what a C = 1e-4 model adds
-    metrics = metrics_with_ci("classification", 2, predictions(logits, y), n_boot=50)
+    metrics = metrics_with_ci(CLASSES, 2, predictions(logits, y), n_boot=50)
     assert metrics["auroc"]["value"] == 1.0 and metrics["balanced_accuracy"]["value"] == 0.5
     assert "every test subject is decided as class 0" in metrics["note"]
-    assert "note" not in metrics_with_ci("classification", 2, predictions(np.array([-1.0, 1.0, 2.0]), y), n_boot=50)
+    assert "note" not in metrics_with_ci(CLASSES, 2, predictions(np.array([-1.0, 1.0, 2.0]), y), n_boot=50)
 
 
 def test_a_compare_row_with_a_note_keeps_its_figures_and_the_note_goes_under_the_table():
@@ -98,10 +101,9 @@ def test_the_checkpoint_score_breaks_balanced_accuracy_ties_by_ranking_only():
 
     subjects, y = np.array(["a", "b", "c", "d"]), np.array([0, 0, 1, 1])
     def score(logits):
-        return checkpoint_score("classification", subject_metrics("classification", 2, subjects,
-                                                                   np.array(logits)[:, None], y))
+        return checkpoint_score(CLASSES, subject_metrics(CLASSES, 2, subjects, np.array(logits)[:, None], y))
     one_class_ranking, one_class_shuffled = [-3.0, -2.9, -2.1, -2.0], [-2.0, -2.1, -2.9, -3.0]
     assert score(one_class_ranking) > score(one_class_shuffled)
     assert abs(score(one_class_ranking) - 0.5) < 2e-3
     assert score([-1.0, 1.0, 1.0, 2.0]) > score(one_class_ranking)  # balanced accuracy 0.75 beats a tie at 0.5
-    assert checkpoint_score("regression", {"mse": 4.0}) == -4.0
+    assert checkpoint_score(Target(values=True), {"mse": 4.0}) == -4.0

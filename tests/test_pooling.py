@@ -77,7 +77,7 @@ def test_attention_pooling_learns_which_clip_carries_the_label():
         y.append(i % 2)
     series = series_of(clips, clips)
     half, val = series.select(range(40)), series.select(range(40, 60))
-    model, fitted = fit_attention(half, np.array(y[:40]), val, np.array(y[40:]), "classification", 2)
+    model, fitted = fit_attention(half, np.array(y[:40]), val, np.array(y[40:]), False, 2)
     centre, spread = fitted["scaler"]
     with torch.no_grad():
         logits = [float(model((torch.from_numpy(c) - centre) / (spread + 1e-6))[0]) for c in val.clips]

@@ -13,7 +13,9 @@ from neurostorm.cli import main
 from neurostorm.data.files import write_json_atomic
 from neurostorm.data.splits import load_or_make_split
 from neurostorm.data.store import Store
+from neurostorm.evaluation.target import Target
 from neurostorm.tasks import FAMILIES, TaskFamily, register_task, task_family, task_kinds
+from neurostorm.tasks.prediction import PredictionTask
 from neurostorm.train.data import split_path, subjects_table
 
 
@@ -106,3 +108,42 @@ def test_plugins_load_through_the_entry_point_group_and_a_broken_one_is_named(tm
 def test_a_kind_is_registered_once():
     with pytest.raises(ValueError, match="task kind 'classification' is already registered by Classification"):
         register_task(type("Other", (TaskFamily,), {"kind": "classification", "metrics": ("x",)}))
+
+
+class SeverityScore(PredictionTask):
+    """A new prediction family declared by its target alone: a value per subject, scored by MAE first."""
+
+    kind = "severity_score"
+    metrics = ("mae", "pearson_r", "mse")
+    target = Target(values=True)
+    subject_labels = True
+
+
+def test_a_prediction_family_is_its_target_trained_evaluated_and_applied_without_naming_its_kind(
+        labelled_store, tmp_path, capsys):
+    register_task(SeverityScore)
+    try:
+        run = tmp_path / "run"
+        assert main(["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.kind=severity_score",
+                     "task.label=score", "optim.epochs=1", "--out", str(run), "--quiet"]) == 0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["task"]["target"] == {"values": True, "per_clip": False, "stratified": False}
+        assert {"mae", "pearson_r", "mse"} <= set(metrics) and "chance" not in metrics
+        assert (run / "figures" / "predicted_vs_true.png").exists()
+        capsys.readouterr()
+        assert main(["evaluate", str(run)]) == 0
+        recomputed = [line.split() for line in capsys.readouterr().out.splitlines()]
+        assert ["mae", f"{metrics['mae']['value']:.3f}"] in [line[:2] for line in recomputed]
+        assert main(["predict", "--config", "tiny", f"data.stores=[{labelled_store}]", f"model.init={run / 'model'}",
+                     "--out", str(tmp_path / "applied"), "--quiet"]) == 0
+        table = pd.read_csv(tmp_path / "applied" / "subject_predictions.csv")
+        assert table["score"].dtype == float and len(table) == len(subjects_table(Store(labelled_store)))
+    finally:
+        FAMILIES.pop(SeverityScore.kind)
+
+
+def test_task_records_saved_before_the_target_was_recorded_read_as_their_kind():
+    assert Target.of_task({"kind": "regression"}) == Target(values=True)
+    assert Target.of_task({"kind": "task_state"}) == Target(per_clip=True)
+    assert Target.of_task({"kind": "classification"}) == Target(stratified=True)
+    assert Target.of_task({"kind": "regression", "target": Target(stratified=True).record()}).stratified

@@ -9,9 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from neurostorm.cli import main
+from neurostorm.evaluation.target import Target
 from neurostorm.models import build_model
 from neurostorm.models.heads import ClassificationHead, Standardise
 from neurostorm.models.weights import load_encoder
+from neurostorm.tasks import task_family
 from neurostorm.train.config import load_config, parse_override
 from neurostorm.train.data import LabelledClips
 from neurostorm.train.modules import AdaptModule, adaptation_optim, make_optimizer
@@ -105,7 +107,7 @@ def test_a_standardising_head_reads_embeddings_scaled_by_the_training_clips(labe
     full = tmp_path / "full"
     run_cli("finetune", labelled_store, full, "task.label=sex", "optim.epochs=2", "head_standardise=true")
     config = load_config(full / "config.yaml")
-    data = LabelledClips(config, full)
+    data = LabelledClips(config, full, task_family(config.task.kind).target)
     embeddings = torch.as_tensor(embed_split(load_encoder(full / "model"), data, "train")["output"])
     head = load_file(str(full / "model" / "head.safetensors"))
     assert torch.allclose(head["scale.mean"], embeddings.mean(0), rtol=1e-4, atol=1e-5)
@@ -138,7 +140,7 @@ def test_a_head_tracking_its_encoder_centres_each_training_batch_by_its_own_mean
 
 def test_a_pretrained_encoder_fine_tunes_at_its_own_rate_and_new_parameters_at_the_run_s():
     config = load_config("tiny", ["task.label=sex", "optim.lr=1e-3", "optim.pretrained_lr=5e-5"])
-    module = AdaptModule(build_model("neurostorm-tiny"), ClassificationHead(128, 2), "classification", 2,
+    module = AdaptModule(build_model("neurostorm-tiny"), ClassificationHead(128, 2), Target(), 2,
                          config.optim)
     optimizer = make_optimizer(module, config.optim, steps_per_epoch=1)
     encoder_parameters = {id(p) for p in module.encoder.parameters()}

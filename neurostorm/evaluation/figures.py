@@ -12,9 +12,10 @@ from sklearn import metrics as skm
 
 from neurostorm.evaluation.metrics import probabilities
 from neurostorm.evaluation.scores import scored_units
+from neurostorm.evaluation.target import Target
 
 
-def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: list[str] | None,
+def plot_run_figures(target: Target, n_classes: int, frame: pd.DataFrame, classes: list[str] | None,
                      log_csv: Path | None, out_dir: Path) -> list[Path]:
     """Loss curves (from the CSV log), ROC and confusion matrix, or predicted-vs-true, as PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -22,8 +23,8 @@ def plot_run_figures(kind: str, n_classes: int, frame: pd.DataFrame, classes: li
     if log_csv is not None and log_csv.exists():
         written.append(plot_loss_curves(log_csv, out_dir / "loss_curves.png"))
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    _, out, y = scored_units(kind, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
-    if kind == "regression":
+    _, out, y = scored_units(target, frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
+    if target.values:
         written.append(_scatter(out[:, 0], y, out_dir / "predicted_vs_true.png"))
     else:
         written += [_roc(probabilities(out), y.astype(int), n_classes, classes, out_dir / "roc.png"),

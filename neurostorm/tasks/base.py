@@ -15,6 +15,7 @@ from typing import ClassVar
 import pandas as pd
 
 from neurostorm.data.store import Store
+from neurostorm.evaluation.target import Target
 from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig
 
@@ -38,10 +39,13 @@ class TaskFamily:
     subject_labels : bool
         Whether it predicts one label per subject from the store's labels: what label-efficiency curves,
         leave-site-out splits, run-level pooling, ComBat of fixed features and the connectome models need.
+    target : Target or None
+        The label a prediction family predicts: whether it is a value or a class, per subject or per clip,
+        stratified or not (:class:`~neurostorm.evaluation.target.Target`). Training, scoring, the figures and
+        a saved model's ``task.json`` read it; two methods' test rows are compared subject by subject by it
+        (paired bootstrap differences). None for a family scored its own way (retrieval).
     stratified : bool
-        Whether subject splits keep the label's classes balanced.
-    paired : bool
-        Whether two methods' test rows can be compared subject by subject (paired bootstrap differences).
+        Whether subject splits keep the label's classes balanced (the target's, where there is one).
     trains_head : bool
         Whether full, prompt and LoRA adaptation train a classifier or regressor head on the encoder (what
         ``head_standardise`` is for).
@@ -51,8 +55,8 @@ class TaskFamily:
     metrics: ClassVar[tuple[str, ...]]
     predictions: ClassVar[str] = "predictions.csv"
     subject_labels: ClassVar[bool] = False
+    target: ClassVar[Target | None] = None
     stratified: ClassVar[bool] = False
-    paired: ClassVar[bool] = False
     trains_head: ClassVar[bool] = False
 
     @property

@@ -25,6 +25,7 @@ from neurostorm.data.roi import rois_of_store
 from neurostorm.data.splits import load_or_make_split, make_split, site_split
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
+from neurostorm.evaluation.target import Target
 from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig
 
@@ -62,18 +63,19 @@ def over_clips(fn, loader: DataLoader) -> dict[str, np.ndarray]:
 
 class LabelledClips(L.LightningDataModule):
     """Train / val / test clips of the first store of ``config.data``, labelled by ``config.task.label``; for
-    a model that reads connectivity, each split holds one FC matrix per run instead (ROIs of ``data.atlas``)."""
+    a model that reads connectivity, each split holds one FC matrix per run instead (ROIs of ``data.atlas``).
+    A per-clip ``target`` labels clips by the conditions of their runs' events (``config.task.events``)."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
+    def __init__(self, config: ExperimentConfig, run_dir: Path, target: Target) -> None:
         super().__init__()
-        self.config, self.run_dir = config, Path(run_dir)
+        self.config, self.run_dir, self.target = config, Path(run_dir), target
         if not config.data.stores:
             raise InputError("config", "data.stores is empty: give the store to train on")
         self.store = Store(config.data.stores[0].path)
         split_file = split_path(config, self.run_dir)
         self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
         self.harmonization: dict | None = None  # data.harmonize: what was fitted, for the run's metrics
-        if config.task.kind == "task_state":
+        if target.per_clip:
             self._event_clips(config, split_file)
         else:
             self._labelled_clips(config, split_file)
@@ -87,14 +89,14 @@ class LabelledClips(L.LightningDataModule):
             raise InputError(self.store.location, f"no label column {config.task.label!r} in the store; "
                                                   f"columns: {sorted(self.store.manifest.columns)}")
         labelled = subjects_table(self.store).dropna(subset=[config.task.label])
-        stratify = config.task.label if config.task.kind == "classification" else None
+        stratify = config.task.label if self.target.stratified else None
         if config.data.test_sites and not split_file.exists():  # leave-site-out: the split is fixed by site
             split_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(split_file, {**site_split(labelled, config.data.test_sites, config.data.val_share,
                                                         config.trainer.seed), "test_sites": config.data.test_sites})
         self.split = load_or_make_split(split_file, labelled, config.data.split_fractions, config.trainer.seed,
                                         stratify=stratify)
-        data, label, kind = config.data, config.task.label, config.task.kind
+        data, label, kind = config.data, config.task.label, self.target.estimator
         self.input = model_input(config.model.name)
         if self.input == "fc":
             self.roi_dir = rois_of_store(self.store.location, data.atlas, data.roi_dir or self.run_dir / "roi")
@@ -133,7 +135,7 @@ class LabelledClips(L.LightningDataModule):
             raise InputError(self.store.location, f"data.harmonize=combat: {err}") from None
 
     def _event_clips(self, config: ExperimentConfig, split_file: Path) -> None:
-        """Task state: every split holds the condition-labelled clips of its subjects' runs."""
+        """Per-clip labels: every split holds the condition-labelled clips of its subjects' runs."""
         task, data = config.task, config.data
         self.input = "clips"
         if model_input(config.model.name) != "clips":

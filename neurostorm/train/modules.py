@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostorm.data.augment import augment
+from neurostorm.evaluation.scores import subject_metrics
+from neurostorm.evaluation.target import Target
 from neurostorm.models.lora import lora_tuning
 from neurostorm.models.prompts import prompt_tuning
 from neurostorm.models.storm import STORM
@@ -85,12 +87,12 @@ class PretrainModule(L.LightningModule):
 TIE_BREAK = 1e-3  # weight of AUROC in a classifier's checkpoint score
 
 
-def checkpoint_score(kind: str, metrics: dict[str, float]) -> float:
-    """One number to pick the best checkpoint by, higher is better: −MSE for regression; for classification
-    balanced accuracy + 0.001 × AUROC, so that among checkpoints whose balanced accuracies tie (above all
+def checkpoint_score(target: Target, metrics: dict[str, float]) -> float:
+    """One number to pick the best checkpoint by, higher is better: −MSE for values; for classes balanced
+    accuracy + 0.001 × AUROC, so that among checkpoints whose balanced accuracies tie (above all
     those that decide every subject as one class, 0.5 for two classes) the one ranking the subjects best is
     kept rather than the earliest."""
-    if kind == "regression":
+    if target.values:
         return -metrics["mse"]
     auroc = metrics.get("auroc", float("nan"))
     return metrics["balanced_accuracy"] + (0.0 if np.isnan(auroc) else TIE_BREAK * auroc)
@@ -115,17 +117,17 @@ def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Mo
 
 
 class AdaptModule(L.LightningModule):
-    """Encoder (any model with ``encode`` and ``out_dim``) + head trained on a label: BCE for two classes,
-    cross-entropy for K, MSE on standardised targets for regression. Collects per-clip outputs of val/test for
+    """Encoder (any model with ``encode`` and ``out_dim``) + head trained on a label (``target``): BCE for two
+    classes, cross-entropy for K, MSE on standardised targets for values. Collects per-clip outputs of val/test for
     per-subject metrics. ``refit_head``: called before each validation (not the sanity check) to refit a
     standardising head's statistics to the encoder as it now is."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, kind: str, n_classes: int, optim: OptimConfig,
+    def __init__(self, encoder: nn.Module, head: nn.Module, target: Target, n_classes: int, optim: OptimConfig,
                  target_mean: float = 0.0, target_std: float = 1.0, class_weights: np.ndarray | None = None,
                  steps_per_epoch: int = 1, refit_head: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.refit_head = refit_head
-        self.encoder, self.head, self.kind, self.n_classes = encoder, head, kind, n_classes
+        self.encoder, self.head, self.target, self.n_classes = encoder, head, target, n_classes
         self.optim, self.steps_per_epoch = optim, steps_per_epoch
         self.target_mean, self.target_std = target_mean, target_std
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -134,13 +136,13 @@ class AdaptModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clips (B, 1, X, Y, Z, T) or connectivity (B, R, R) → logits (B, 1 or K), or standardised
-        predictions (B, 1) for regression."""
+        predictions (B, 1) for values."""
         if x.ndim == 6:
             x = fit_to_model(x, self.encoder.config.img_size)
         return self.head(self.encoder.encode(x))
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.kind == "regression":
+        if self.target.values:
             return F.mse_loss(out[:, 0], (y - self.target_mean) / self.target_std)
         if self.n_classes == 2:
             weight = None if self.class_weights is None else self.class_weights[y]
@@ -148,7 +150,7 @@ class AdaptModule(L.LightningModule):
         return F.cross_entropy(out, y, weight=self.class_weights)
 
     def to_original_units(self, out: torch.Tensor) -> torch.Tensor:
-        return out * self.target_std + self.target_mean if self.kind == "regression" else out
+        return out * self.target_std + self.target_mean if self.target.values else out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["x"]), batch["y"])
@@ -162,7 +164,7 @@ class AdaptModule(L.LightningModule):
         """The encoder's weighted extra losses of the last forward (class labels for group terms), if any."""
         if not hasattr(self.encoder, "regularisers"):
             return {}
-        return self.encoder.regularisers(None if self.kind == "regression" else y)
+        return self.encoder.regularisers(None if self.target.values else y)
 
     def _collect(self, stage: str, batch: dict) -> None:
         out = self(batch["x"])
@@ -183,8 +185,6 @@ class AdaptModule(L.LightningModule):
         self._collect("test", batch)
 
     def on_validation_epoch_end(self) -> None:
-        from neurostorm.evaluation.scores import subject_metrics
-
         gathered = self.outputs.pop("val", [])
         if self.trainer.sanity_checking:
             return
@@ -196,9 +196,9 @@ class AdaptModule(L.LightningModule):
         if not gathered:
             return
         subjects = np.concatenate([np.asarray(g[0]) for g in gathered])
-        metrics = subject_metrics(self.kind, self.n_classes, subjects, np.concatenate([g[1] for g in gathered]),
+        metrics = subject_metrics(self.target, self.n_classes, subjects, np.concatenate([g[1] for g in gathered]),
                                   np.concatenate([g[2] for g in gathered]))
-        self.log("val_score", checkpoint_score(self.kind, metrics), prog_bar=True)
+        self.log("val_score", checkpoint_score(self.target, metrics), prog_bar=True)
         for name, value in metrics.items():
             self.log(f"val_{name}", value)
 

@@ -157,13 +157,13 @@ class AttentionPooling(nn.Module):
         return self.head((weights * clips).sum(0))
 
 
-def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: np.ndarray, kind: str,
+def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: np.ndarray, values: bool,
                   n_classes: int, epochs: int = 200, seed: int = 0) -> tuple[AttentionPooling, dict]:
     """Train attention pooling + head on the training runs (full batch, AdamW); keep the epoch with the
-    lowest validation loss. Regression targets are standardised on the training runs."""
+    lowest validation loss. ``values``: the label is a value (standardised on the training runs), not a class."""
     torch.manual_seed(seed)
-    outputs = 1 if kind == "regression" or n_classes == 2 else n_classes
-    mean, std = (float(y_train.mean()), float(y_train.std() or 1.0)) if kind == "regression" else (0.0, 1.0)
+    outputs = 1 if values or n_classes == 2 else n_classes
+    mean, std = (float(y_train.mean()), float(y_train.std() or 1.0)) if values else (0.0, 1.0)
     every_clip = torch.from_numpy(np.concatenate(train.clips))  # (clips of all training runs, C)
     scaler = every_clip.mean(0), every_clip.std(0)  # features standardised on the training clips
     model = AttentionPooling(every_clip.shape[1], outputs)
@@ -172,7 +172,7 @@ def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: 
     def loss_of(series: RunSeries, y: np.ndarray) -> torch.Tensor:
         out = torch.stack([model((torch.from_numpy(c) - scaler[0]) / (scaler[1] + 1e-6)) for c in series.clips])
         target = torch.as_tensor(y)
-        if kind == "regression":
+        if values:
             return nn.functional.mse_loss(out[:, 0], (target.float() - mean) / std)
         if outputs == 1:
             return nn.functional.binary_cross_entropy_with_logits(out[:, 0], target.float())
@@ -194,9 +194,9 @@ def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: 
     return model.eval(), {"mean": mean, "std": std, "scaler": scaler}
 
 
-def attention_outputs(model: AttentionPooling, fitted: dict, series: RunSeries, kind: str) -> np.ndarray:
-    """(n_runs, outputs): logits, or regression predictions in the label's units."""
+def attention_outputs(model: AttentionPooling, fitted: dict, series: RunSeries, values: bool) -> np.ndarray:
+    """(n_runs, outputs): logits, or (``values``) predictions in the label's units."""
     centre, spread = fitted["scaler"]
     with torch.no_grad():
         out = torch.stack([model((torch.from_numpy(c) - centre) / (spread + 1e-6)) for c in series.clips]).numpy()
-    return out * fitted["std"] + fitted["mean"] if kind == "regression" else out
+    return out * fitted["std"] + fitted["mean"] if values else out

@@ -19,6 +19,7 @@ from neurostorm.data.files import write_npz_atomic
 from neurostorm.errors import InputError
 from neurostorm.evaluation.report import write_scored_predictions
 from neurostorm.evaluation.scores import predictions_frame
+from neurostorm.evaluation.target import Target
 from neurostorm.models.baselines.fc_linear import upper_triangle
 from neurostorm.models.encoder import count_parameters
 from neurostorm.models.linear import fit_linear, linear_outputs, linear_parameters
@@ -57,7 +58,7 @@ def fit_head_scale(head: nn.Module, encoder, data: LabelledClips) -> None:
 
 
 def _check_classes(y: np.ndarray, config: ExperimentConfig, data: LabelledClips) -> None:
-    if config.task.kind != "regression" and len(np.unique(y)) < 2:
+    if not data.target.values and len(np.unique(y)) < 2:
         raise InputError(data.store.location, f"the training subjects of this split hold one class of "
                                               f"{config.task.label!r} only: nothing to fit")
 
@@ -65,8 +66,8 @@ def _check_classes(y: np.ndarray, config: ExperimentConfig, data: LabelledClips)
 def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, np.ndarray, dict]:
     """``pooling`` mean_std, cov or attention: one row per run from every clip of it (:mod:`pooling`), a
     linear model (or the attention head) fitted on the train + val runs; (test rows, test outputs, task info)."""
-    encoder, kind = initial_encoder(config), config.task.kind
-    n_classes = 1 if kind == "regression" else len(data.classes)
+    encoder, target = initial_encoder(config), data.target
+    n_classes = 1 if target.values else len(data.classes)
     series, targets = {}, {}
     for split in SPLITS:
         dataset = data.datasets[split]
@@ -79,9 +80,10 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
         if config.data.harmonize != "none":
             raise InputError("config", "pooling=attention learns from every frame of a run; data.harmonize "
                                        "harmonises fixed features: use pooling mean, mean_std or cov")
-        model, fitted = fit_attention(series["train"], targets["train"], series["val"], targets["val"], kind,
-                                      n_classes, seed=config.trainer.seed)
-        outputs, info = attention_outputs(model, fitted, test, kind), {"trainable_parameters": count_parameters(model)}
+        model, fitted = fit_attention(series["train"], targets["train"], series["val"], targets["val"],
+                                      target.values, n_classes, seed=config.trainer.seed)
+        outputs = attention_outputs(model, fitted, test, target.values)
+        info = {"trainable_parameters": count_parameters(model)}
     else:
         fit = RunSeries()
         fit.extend(series["train"])
@@ -91,8 +93,9 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
         _check_classes(y, config, data)
         rows, info = _harmonized(config, data, {"fit": pooling.transform(fit), "test": pooling.transform(test)},
                                  {"fit": fit.subjects, "test": test.subjects})
-        linear = fit_linear(rows["fit"], y, np.array(fit.subjects), kind, balanced=config.task.class_weights)
-        outputs = linear_outputs(linear, rows["test"], kind, n_classes)
+        linear = fit_linear(rows["fit"], y, np.array(fit.subjects), target.estimator,
+                            balanced=config.task.class_weights)
+        outputs = linear_outputs(linear, rows["test"], target.estimator, n_classes)
         info.update(best_params={k: float(v) for k, v in linear.best_params.items()},
                     trainable_parameters=linear_parameters(linear))
     skipped = [r for split in SPLITS for r in series[split].skipped]
@@ -101,12 +104,12 @@ def run_level_fit(config: ExperimentConfig, data: LabelledClips) -> tuple[dict, 
     return rows, outputs, {**info, "pooling": config.pooling, "skipped_runs": skipped}
 
 
-def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
+def linear_probe(config: ExperimentConfig, run_dir: Path, target: Target) -> dict:
     """``mode=probe`` on an encoder, or the ``fc-linear`` model; writes the run folder, returns the metrics."""
-    data = LabelledClips(config, run_dir)
+    data = LabelledClips(config, run_dir, target)
     start = time.perf_counter()
     if config.pooling != "mean":
-        if data.input == "fc" or config.task.kind not in ("classification", "regression"):
+        if data.input == "fc" or target.per_clip:
             raise InputError("config", f"pooling={config.pooling} gives one row per run: it is for an encoder's "
                                        "probe of subject labels (classification or regression)")
         test, outputs, info = run_level_fit(config, data)
@@ -117,8 +120,7 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     else:
         features, mode = cached_embeddings(initial_encoder(config), data, run_dir), "probe"
     fit = {k: np.concatenate([features["train"][k], features["val"][k]]) for k in ("output", "subject", "y")}
-    kind = config.task.kind
-    n_classes = 1 if kind == "regression" else len(data.classes)
+    n_classes = 1 if target.values else len(data.classes)
     _check_classes(fit["y"], config, data)
     test = features["test"]
     if data.input == "fc":  # the FC matrices were harmonised as the data module read them
@@ -126,8 +128,8 @@ def linear_probe(config: ExperimentConfig, run_dir: Path) -> dict:
     else:
         rows, info = _harmonized(config, data, {"fit": fit["output"], "test": test["output"]},
                                  {"fit": fit["subject"], "test": test["subject"]})
-    linear = fit_linear(rows["fit"], fit["y"], fit["subject"], kind, balanced=config.task.class_weights)
-    outputs = linear_outputs(linear, rows["test"], kind, n_classes)
+    linear = fit_linear(rows["fit"], fit["y"], fit["subject"], target.estimator, balanced=config.task.class_weights)
+    outputs = linear_outputs(linear, rows["test"], target.estimator, n_classes)
     info.update(mode=mode, best_params={k: float(v) for k, v in linear.best_params.items()},
                 trainable_parameters=linear_parameters(linear))
     return _finish(config, data, run_dir, test, outputs, info, start)
@@ -150,9 +152,8 @@ def _harmonization(summary: dict | None) -> dict:
 def _finish(config: ExperimentConfig, data: LabelledClips, run_dir: Path, test: dict, outputs: np.ndarray,
             info: dict, start: float) -> dict:
     """Predictions, metrics with CIs and figures of a probe's test rows; returns the metrics."""
-    kind = config.task.kind
     frame = predictions_frame(test["subject"], test["run_id"], test["start"], outputs, test["y"])
-    task = {"kind": kind, "label": config.task.label, "classes": data.classes,
-            "n_classes": 1 if kind == "regression" else len(data.classes), **info,
+    task = {"kind": config.task.kind, "target": data.target.record(), "label": config.task.label,
+            "classes": data.classes, "n_classes": 1 if data.target.values else len(data.classes), **info,
             "train_seconds": time.perf_counter() - start}
     return write_scored_predictions(run_dir, frame, task, sites_of(data.store) if config.data.test_sites else None)

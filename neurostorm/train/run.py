@@ -32,6 +32,7 @@ from neurostorm.evaluation.figures import plot_loss_curves
 from neurostorm.evaluation.metrics import per_subject, probabilities
 from neurostorm.evaluation.report import write_scored_predictions
 from neurostorm.evaluation.scores import metrics_with_ci, predictions_frame
+from neurostorm.evaluation.target import Target
 from neurostorm.models import (
     ClassificationHead,
     RegressionHead,
@@ -94,7 +95,7 @@ def _pretrain(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict:
 
 def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTORM):
     track_encoder = config.mode == "full"  # a standardising head follows an encoder whose weights train
-    if config.task.kind == "regression":
+    if data.target.values:
         targets = data.train_targets().astype(float)
         head = RegressionHead(encoder.out_dim, config.head_standardise, track_encoder)
         return head, 1, float(targets.mean()), float(targets.std() or 1.0), None
@@ -109,13 +110,14 @@ def _task_head(config: ExperimentConfig, data: LabelledClips, encoder: NeuroSTOR
     return head, n_classes, 0.0, 1.0, weights
 
 
-def train_and_test(config: ExperimentConfig, run_dir: Path, checkpoint: Path | None = None) -> dict:
-    """A label or task state learned on one split and scored on its test subjects: a linear model on fixed
+def train_and_test(config: ExperimentConfig, run_dir: Path, target: Target, checkpoint: Path | None = None
+                   ) -> dict:
+    """A label (``target``) learned on one split and scored on its test subjects: a linear model on fixed
     features (``mode=probe``, ``fc-linear``), or the encoder (or connectome model) adapted with a head
     (``mode`` full, prompt or lora), resumed from ``checkpoint`` when given. ``run_dir`` holds config.yaml."""
     if config.mode == "probe" or config.model.name == "fc-linear":
-        return linear_probe(config, run_dir)
-    data = LabelledClips(config, run_dir)
+        return linear_probe(config, run_dir, target)
+    data = LabelledClips(config, run_dir, target)
     encoder = initial_encoder(config, data)
     head, n_classes, mean, std, weights = _task_head(config, data, encoder)
     prepare_adaptation(config, encoder, head)
@@ -123,7 +125,7 @@ def train_and_test(config: ExperimentConfig, run_dir: Path, checkpoint: Path | N
         fit_head_scale(head, encoder, data)
     steps = max(1, len(data.datasets["train"]) // config.data.batch_size)
     refit = partial(fit_head_scale, head, encoder, data) if getattr(head.scale, "track_encoder", False) else None
-    module = AdaptModule(encoder, head, config.task.kind, n_classes, adaptation_optim(config), mean, std, weights,
+    module = AdaptModule(encoder, head, target, n_classes, adaptation_optim(config), mean, std, weights,
                          steps, refit)
     trainer = make_trainer(config, run_dir, monitor="val_score", resume_from=checkpoint, steps_per_epoch=steps)
     start = time.perf_counter()
@@ -132,7 +134,8 @@ def train_and_test(config: ExperimentConfig, run_dir: Path, checkpoint: Path | N
     best = trainer.checkpoint_callback.best_model_path
     if best:  # test the best checkpoint by validation, not the last one
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    task = {"kind": config.task.kind, "label": config.task.label, "classes": data.classes, "n_classes": n_classes,
+    task = {"kind": config.task.kind, "target": target.record(), "label": config.task.label,
+            "classes": data.classes, "n_classes": n_classes,
             "target_mean": mean, "target_std": std, "mode": config.mode, "train_seconds": seconds,
             "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
             "head_standardised": config.head_standardise,
@@ -153,12 +156,12 @@ def export_adapted(module: AdaptModule, task: dict, folder: Path, store: Store) 
 def load_adapted(folder: Path, optim=None) -> tuple[AdaptModule, dict]:
     """The encoder + head of a fine-tuned run's ``model`` folder, in evaluation mode."""
     task = json.loads((folder / "task.json").read_text())
-    encoder = load_pretrained(folder)
+    encoder, target = load_pretrained(folder), Target.of_task(task)
     standardised = task.get("head_standardised", False)
-    head = RegressionHead(encoder.out_dim, standardised) if task["kind"] == "regression" else \
+    head = RegressionHead(encoder.out_dim, standardised) if target.values else \
         ClassificationHead(encoder.out_dim, task["n_classes"], standardised)
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
-    module = AdaptModule(encoder, head, task["kind"], task["n_classes"], optim, task["target_mean"],
+    module = AdaptModule(encoder, head, target, task["n_classes"], optim, task["target_mean"],
                          task["target_std"])
     return module.eval(), task
 
@@ -188,9 +191,9 @@ def evaluate(run_dir: str | Path) -> dict:
                                   "network with a head to recompute from (evaluate reads runs of mode full, prompt "
                                   "or lora on a label or task state); its test metrics are in metrics.json")
     module, task = load_adapted(run_dir / "model", config.optim)
-    data = LabelledClips(config, run_dir)
+    data = LabelledClips(config, run_dir, module.target)
     frame = predict_clips(module, data.loader("test"))
-    metrics = metrics_with_ci(task["kind"], task["n_classes"], frame)
+    metrics = metrics_with_ci(module.target, task["n_classes"], frame)
     metrics["task"] = task
     return metrics
 
@@ -252,13 +255,13 @@ def predict(config: ExperimentConfig, out_dir: str | Path) -> pd.DataFrame:
     frame = predict_clips(module, _all_clips(config, config.data.stores[0].path))
     write_csv_atomic(out_dir / "predictions.csv", frame)
     outputs = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-    if task["kind"] == "task_state":  # a condition per clip: no per-subject summary
+    if module.target.per_clip:  # a condition per clip: no per-subject summary
         out, table = outputs, frame[["subject", "run_id", "start"]].copy()
     else:
         ids, out, _ = per_subject(frame["subject"].to_numpy(), outputs, frame["y"].to_numpy())
         table = pd.DataFrame({"subject": ids})
     name = task["label"] or "condition"
-    if task["kind"] == "regression":
+    if module.target.values:
         table[name] = out[:, 0]
     else:
         prob = probabilities(out)

@@ -137,7 +137,7 @@ def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, st
     subjects, with its paired-bootstrap 95 % CI; none for a family whose test rows are not paired by subject
     (retrieval: each query is ranked among its own fold's)."""
     family = task_family(kind)
-    if not family.paired:
+    if family.target is None:
         return []
     metric, runs = family.headline, {r["method"]: r.get("run") for r in table.to_dict("records")}
     differences = []
@@ -147,7 +147,7 @@ def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, st
         frames = [pd.read_csv(Path(runs[m]) / family.predictions, dtype={"subject": str}) for m in (a, b)]
         n_classes = json.loads((Path(runs[a]) / "metrics.json").read_text())["task"].get("n_classes", 1)
         differences.append({"a": a, "b": b, "metric": metric,
-                            **paired_difference(kind, n_classes, frames[0], frames[1], metric)})
+                            **paired_difference(family.target, n_classes, frames[0], frames[1], metric)})
     return differences
 
 

@@ -238,9 +238,9 @@ def explain(target: str | Path, out: str | Path, config: ExperimentConfig | None
     for folder in folders:  # one model, or one per fold with the subjects it tested
         module, task = load_adapted(folder)
         check_stores_fit([store.location], module.encoder.config.img_size, str(folder))
-        classes = [task["label"] or "output"] if task["kind"] == "regression" else [str(c) for c in task["classes"]]
-        models[folder] = ClassOutputs(module.encoder, module.head,
-                                      binary=task["kind"] != "regression" and len(classes) == 2)
+        values = module.target.values
+        classes = [task["label"] or "output"] if values else [str(c) for c in task["classes"]]
+        models[folder] = ClassOutputs(module.encoder, module.head, binary=not values and len(classes) == 2)
         for subject in _subjects(store, folder.parent if run_dir else None, subjects if len(folders) == 1 else None):
             tested_by[subject] = folder
     chosen = [s.removeprefix("sub-") for s in subjects] if subjects else sorted(tested_by)
