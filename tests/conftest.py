@@ -50,6 +50,15 @@ def store(cohort, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def store_4mm(cohort, tmp_path_factory) -> Path:
+    """The cohort on the 4 mm grid: the reference of tests that stop and resume preprocessing jobs."""
+    out = tmp_path_factory.mktemp("store_4mm") / "store"
+    result = preprocess([cohort], out, PreprocessConfig(grid="mni152-fsl-4mm-48"), progress=False)
+    assert not result.failures
+    return out
+
+
 def write_run(path: Path, data: np.ndarray, affine: np.ndarray, tr: float | None = 2.0) -> Path:
     """Save a NIfTI with TR in the header (``tr=None`` leaves pixdim[4] at 0)."""
     img = nib.Nifti1Image(data, affine)

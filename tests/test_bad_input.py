@@ -290,12 +290,12 @@ def test_an_unreadable_file_among_good_ones_with_workers(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_mid_write_then_resume(cohort, store, tmp_path, workers):
+def test_sigkill_mid_write_then_resume(cohort, store_4mm, tmp_path, workers):
     """Kill a preprocessing job (all its processes, as a scheduler does) while it writes; resuming finishes
     with the same bytes as a clean run."""
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet",
-               "--workers", str(workers)]
+               "--grid", GRID, "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -309,9 +309,10 @@ def test_sigkill_mid_write_then_resume(cohort, store, tmp_path, workers):
     for path in (out / "runs").glob("*.zarr"):
         assert completed_record(out, path.name.removesuffix(".zarr")) is not None  # only complete runs are named
 
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--workers", str(workers)]) == 0
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID,
+                 "--workers", str(workers)]) == 0
     assert not list((out / "runs").glob(".*tmp-*"))
-    clean, resumed = Store(store), Store(out)
+    clean, resumed = Store(store_4mm), Store(out)
     assert resumed.manifest["run_id"].tolist() == clean.manifest["run_id"].tolist()
     for run_id in clean.manifest["run_id"]:
         assert np.array_equal(clean.run(run_id)["bold"][...], resumed.run(run_id)["bold"][...])
@@ -319,13 +320,13 @@ def test_sigkill_mid_write_then_resume(cohort, store, tmp_path, workers):
 
 @pytest.mark.parametrize("stop, workers", [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1),
                                            (signal.SIGTERM, 2)])
-def test_a_stopped_job_says_so_in_one_line_and_resumes(cohort, store, tmp_path, stop, workers):
+def test_a_stopped_job_says_so_in_one_line_and_resumes(cohort, store_4mm, tmp_path, stop, workers):
     """Ctrl-C (SIGINT to the whole job, as a terminal sends it) or a scheduler's SIGTERM while runs are being
     written: one line, exit 128 + the signal, complete runs kept and none partial under its name, and a rerun
     finishes with nothing of the stopped job left."""
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet",
-               "--workers", str(workers)]
+               "--grid", GRID, "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 120
@@ -339,6 +340,7 @@ def test_a_stopped_job_says_so_in_one_line_and_resumes(cohort, store, tmp_path, 
                                "before it are complete in the store and none is partial")
     for path in (out / "runs").glob("*.zarr"):  # a run under its own name is complete (a temporary may remain)
         assert completed_record(out, path.name.removesuffix(".zarr")) is not None
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--workers", str(workers)]) == 0
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID,
+                 "--workers", str(workers)]) == 0
     assert_no_partial_run(out)  # the rerun removed what the stopped job left
-    assert Store(out).manifest["run_id"].tolist() == Store(store).manifest["run_id"].tolist()
+    assert Store(out).manifest["run_id"].tolist() == Store(store_4mm).manifest["run_id"].tolist()

@@ -11,8 +11,8 @@ from neurostorm.workflows.demo import FAMILIES, SIZES, leave_site_out_study
 
 
 def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):
-    out = tmp_path / "demo"  # the README's first command on 9 subjects (3 per site) instead of 16
-    assert main(["demo", "--quick", "--subjects", "9", "--out", str(out)]) == 0
+    out = tmp_path / "demo"  # the README's first command on 6 subjects (2 per site) instead of 16
+    assert main(["demo", "--quick", "--subjects", "6", "--out", str(out)]) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())

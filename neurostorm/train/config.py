@@ -100,6 +100,7 @@ class TrainerConfig:
     progress: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: float | int = 1.0
+    sanity_val_steps: int = 2  # validation batches run before training, so a bug there fails at once; 0: none
     record_samples: bool = False  # write RUN_DIR/samples/rank<r>.tsv: the clips each process trained on
     wandb_project: str | None = None  # also log to Weights & Biases (needs the wandb package)
 
@@ -139,7 +140,7 @@ class ExperimentConfig:
 
 PRESETS: dict[str, dict] = {
     "tiny": {"model": {"name": "neurostorm-tiny"}, "optim": {"lr": 1e-3, "epochs": 10},
-             "data": {"batch_size": 4}},
+             "data": {"batch_size": 4}, "trainer": {"sanity_val_steps": 0}},  # runs of seconds: no dry run
     "base": {"model": {"name": "neurostorm-base"}, "optim": {"lr": 5e-5, "weight_decay": 0.01, "epochs": 30},
              "data": {"batch_size": 8}},
 }

@@ -136,7 +136,8 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, m
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,
                      gradient_clip_val=o.gradient_clip_val, enable_progress_bar=t.progress, logger=loggers,
                      callbacks=callbacks, log_every_n_steps=log_interval,
-                     default_root_dir=run_dir, limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+                     default_root_dir=run_dir, limit_train_batches=t.limit_train_batches,
+                     num_sanity_val_steps=t.sanity_val_steps, enable_model_summary=False)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
