@@ -40,7 +40,7 @@ from neurostorm.workflows.finetune import cv_splits
 
 FAMILIES = {"sex": "classification", "age": "regression", "score": "regression", "diagnosis": "classification"}
 HEADLINE = {"classification": "balanced_accuracy", "regression": "pearson_r"}
-POOLINGS = ("mean", "mean_std", "cov", "attention")
+POOLINGS = ("mean", "mean_std", "cov", "clip_attention")
 
 
 def _subset(series: RunSeries, keep: set[str]) -> RunSeries:
@@ -57,7 +57,7 @@ def _targets(manifest: pd.DataFrame, label: str, target: Target, run_ids: list[s
 
 def _fit_predict(pooling: str, train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: np.ndarray,
                  test: RunSeries, target: Target, n_classes: int) -> np.ndarray:
-    if pooling == "attention":
+    if pooling == "clip_attention":
         model, fitted = fit_attention(train, y_train, val, y_val, target.values, n_classes)
         return attention_outputs(model, fitted, test, target.values)
     features = RunPooling(pooling).fit(train)

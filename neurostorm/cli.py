@@ -213,8 +213,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from neurostorm.workflows.compare import compare, markdown_table, parse_methods, saved_methods
+    from neurostorm.workflows.random_splits import parse_splits
 
     config = load_experiment(args.task, args.overrides, args.quiet)
+    if args.splits and args.train_subjects:
+        raise InputError("--splits", "random splits and --train-subjects each redraw the training subjects: "
+                                     "use one")
     methods = parse_methods(args.models) if args.models else saved_methods(args.task)
     if args.train_subjects:
         from neurostorm.workflows.curves import curve_means, label_efficiency, parse_sizes
@@ -227,7 +231,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         for note in curve.loc[curve["method"].isna(), "note"]:
             print(f"  {note}")
         return 0
-    table = compare(config, methods, args.out, progress=not args.quiet)
+    table = compare(config, methods, args.out, progress=not args.quiet,
+                    random_splits=parse_splits(args.splits) if args.splits else 0)
     print(f"{args.out}/table.md ({config.task.kind}):")
     print(markdown_table(table, config.task.kind))
     return 0
@@ -390,14 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp = add("compare", "several models on one task, one split: OUT/table.md, table.csv, comparison.png",
                _cmd_compare)
     comp.add_argument("--task", required=True, metavar="CONFIG", help="experiment YAML (task and data) or a preset")
-    comp.add_argument("--models", default=None, help="comma-separated MODEL[@INIT][:MODE[+POOLING]], e.g. "
-                      "neurostorm-tiny@runs/pre/model,neurostorm-tiny,swift-tiny,bnt-tiny,fc-linear; default: "
+    comp.add_argument("--models", default=None, help="comma-separated MODEL[@INIT][:MODE[+HOW]], e.g. "
+                      "neurostorm-tiny@runs/pre/model,neurostorm-tiny:probe+attention,swift-tiny,bnt-tiny,fc-linear; "
+                      "default: "
                       "the methods of a task.yaml written by compare")
     comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.epochs=5 task.label=sex")
     comp.add_argument("--out", required=True, metavar="DIR", help="comparison folder (created)")
     comp.add_argument("--train-subjects", default=None, metavar="LIST",
                       help="label-efficiency curve: training sizes as counts or fractions, e.g. 4,8,16,all")
     comp.add_argument("--repeats", type=int, default=1, help="seeded subsamples of the training subjects per size")
+    comp.add_argument("--splits", default=None, metavar="random:N",
+                      help="also score the fixed-feature methods (probe, fc-linear) on N random subject splits")
     evaluate = add("evaluate", "recompute a fine-tuned run's test metrics from its exported model", _cmd_evaluate)
     evaluate.add_argument("run", metavar="RUN_DIR", help="folder of a neurostorm finetune run")
 

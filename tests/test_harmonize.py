@@ -95,8 +95,8 @@ def test_harmonisation_is_refused_where_there_are_no_fixed_features(realistic_st
     code, _ = finetune(realistic_store, tmp_path / "full", "mode=full")
     assert code == 2 and "ComBat harmonises fixed features by site" in capsys.readouterr().err
     assert not (tmp_path / "full").exists()
-    code, _ = finetune(realistic_store, tmp_path / "att", "mode=probe", "pooling=attention")
-    assert code == 2 and "pooling=attention" in capsys.readouterr().err
+    code, _ = finetune(realistic_store, tmp_path / "att", "mode=probe", "pooling=clip_attention")
+    assert code == 2 and "pooling=clip_attention" in capsys.readouterr().err
     assert main(["finetune", "--config", "tiny", f"data.stores=[{realistic_store}]", "task.label=sex",
                  "data.harmonize=hope", "--out", str(tmp_path / "x")]) == 2
     assert "data.harmonize must be one of none, combat" in capsys.readouterr().err

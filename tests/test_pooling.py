@@ -95,7 +95,7 @@ def test_a_run_shorter_than_one_clip_is_skipped_with_a_warning(labelled_store):
     assert series.frames[0].shape == (20, 64) and series.clips[0].shape == (1, 64)
 
 
-@pytest.mark.parametrize("pooling", ["mean_std", "cov", "attention"])
+@pytest.mark.parametrize("pooling", ["mean_std", "cov", "clip_attention"])
 def test_the_probe_pools_whole_runs(labelled_store, tmp_path, pooling):
     out = tmp_path / pooling
     assert main(["finetune", "--config", "tiny", "--out", str(out), "--quiet", f"data.stores=[{labelled_store}]",
@@ -116,9 +116,9 @@ def test_embed_writes_run_rows_and_compare_names_the_pooling(labelled_store, tmp
     method = Method.parse("neurostorm-tiny@runs/pre/model:probe+cov")
     assert (method.mode, method.pooling, method.init) == ("probe", "cov", "runs/pre/model")
     assert Method.parse(method.spec) == method and Method.parse("fc-linear").pooling == "mean"
-    assert main(["embed", "--config", "tiny", f"data.stores=[{labelled_store}]", "pooling=attention",
+    assert main(["embed", "--config", "tiny", f"data.stores=[{labelled_store}]", "pooling=clip_attention",
                  "--out", str(tmp_path / "att")]) == 2
-    assert "pooling=attention is learned with a task head" in capsys.readouterr().err
+    assert "pooling=clip_attention is learned with a task head" in capsys.readouterr().err
     assert main(["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex",
                  "pooling=cov", "--out", str(tmp_path / "full")]) == 2
     assert "use it with mode=probe" in capsys.readouterr().err

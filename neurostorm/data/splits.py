@@ -125,3 +125,30 @@ def load_or_make_split(path: str | Path, subjects: pd.DataFrame, fractions=(0.7,
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {**split, "seed": seed, "fractions": list(fractions), "stratify": stratify})
     return split
+
+
+def random_splits(labels: pd.Series, n_splits: int, train_size: int, seed: int = 0, stratify: bool = False
+                  ) -> list[dict[str, list[str]]]:
+    """``n_splits`` seeded draws of ``train_size`` training subjects from ``labels`` (subject → label), the
+    rest tested, each subject whole in one side (the repeated-split protocol of frozen-feature benchmarks);
+    with ``stratify`` each draw keeps the label's class shares. A class too small to appear on both sides is
+    refused naming it."""
+    subjects = np.asarray(labels.index.astype(str))
+    n_test = len(subjects) - train_size
+    if n_splits < 1 or train_size < 2 or n_test < MIN_TEST_SUBJECTS:
+        raise InputError("--splits", f"random:{n_splits} with {train_size} training subjects of {len(subjects)} "
+                                     f"leaves {n_test} to test; need at least 1 split, 2 training and "
+                                     f"{MIN_TEST_SUBJECTS} test subjects")
+    strata = labels.astype(str).to_numpy() if stratify else None
+    if stratify:
+        counts = labels.astype(str).value_counts()
+        if counts.min() < 2 or len(counts) > min(train_size, n_test):
+            raise InputError("--splits", f"class {counts.idxmin()!r} of {labels.name!r} has {counts.min()} "
+                                         f"subject(s) and {len(counts)} classes must fit in {n_test} test "
+                                         "subjects: stratified random splits need more subjects per class (or a "
+                                         "larger test share in data.split_fractions)")
+    draws = []
+    for k in range(n_splits):
+        train, test = train_test_split(subjects, train_size=train_size, stratify=strata, random_state=seed + k + 1)
+        draws.append({"train": sorted(train), "test": sorted(test)})
+    return draws

@@ -195,12 +195,17 @@ class Stage(nn.Module):
         setattr(self, resample_name, resample)
         self.checkpoint_blocks = checkpoint_blocks
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks alone: (B, D, H, W, T, C) → the same shape."""
         for block in self.blocks:
             if self.checkpoint_blocks and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(x)
         resample = getattr(self, self.resample_name)
         return x if resample is None else resample(x)
 
@@ -274,6 +279,17 @@ class NeuroSTORM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z, T) → token grid (B, d, h, w, T, out_dim) of the last stage."""
         return self.forward_tokens(self.embed(x))
+
+    def stage_tokens(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The tokens a stage's blocks give, before its merging: (B, 1, X, Y, Z, T) → (B, d, h, w, T, C) with
+        the grid and width of ``stage`` (1-based; the last stage's are :meth:`forward`'s)."""
+        if not 1 <= stage <= len(self.layers):
+            widths = ", ".join(map(str, self.config.stage_dims()))
+            raise ValueError(f"stage {stage}: the model has stages 1 to {len(self.layers)} (widths {widths})")
+        tokens = self.embed(x)
+        for pos_embed, layer in zip(self.pos_embeds[:stage - 1], self.layers[:stage - 1], strict=True):
+            tokens = layer(pos_embed(tokens))
+        return self.layers[stage - 1].mix(self.pos_embeds[stage - 1](tokens))
 
     def encode(self, x: torch.Tensor, return_tokens: bool = False
                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

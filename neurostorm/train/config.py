@@ -106,14 +106,18 @@ class TrainerConfig:
 
 
 MODES = ("full", "prompt", "lora", "probe")  # adaptation modes
-POOLINGS = ("mean", "mean_std", "cov", "attention")  # run-level features of probe and embed (train/pooling.py)
+POOLINGS = ("mean", "mean_std", "cov", "clip_attention")  # run-level features of probe and embed (train/pooling.py)
+PROBES = ("linear", "attention", "mlp")  # heads of mode=probe on a frozen encoder's tokens (train/token_probe.py)
 HARMONIZATIONS = ("none", "combat")  # of features by site (data/harmonize.py)
 
 
 @dataclass
 class ExperimentConfig:
     mode: str = "full"  # full | prompt | lora | probe (ignored by pretraining)
-    pooling: str = "mean"  # probe and embed: mean (per clip) | mean_std | cov | attention (per run)
+    pooling: str = "mean"  # probe and embed: mean (per clip) | mean_std | cov | clip_attention (per run)
+    probe: str = "linear"  # mode=probe: linear (regularised, on pooled tokens) | attention | mlp (over tokens)
+    probe_stage: int | None = None  # mode=probe: the encoder stage whose tokens it reads (1-based; None: last)
+    probe_steps: int = 400  # probe=attention|mlp: AdamW steps of 64 clips per learning rate × weight decay
     head_standardise: bool = False  # full | prompt | lora: the head standardises embeddings (models/heads.Standardise)
     prompt_tokens: int = 50
     lora_rank: int = 8  # mode=lora: rank r of each update, scaled by lora_alpha / r
@@ -128,8 +132,16 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.pooling == "attention":  # the run-level pooling's name before the attentive probe over tokens
+            warnings.warn("pooling=attention is now pooling=clip_attention (attention over a run's clip "
+                          "embeddings); probe=attention is the attentive probe over a clip's tokens", stacklevel=3)
+            self.pooling = "clip_attention"
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.probe not in PROBES:
+            raise ValueError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
+        if self.probe_stage is not None and self.probe_stage < 1:
+            raise ValueError(f"probe_stage counts stages from 1, got {self.probe_stage}")
         if self.data.harmonize not in HARMONIZATIONS:
             raise ValueError(f"data.harmonize must be one of {', '.join(HARMONIZATIONS)}, got {self.data.harmonize!r}")
         self.lora_targets = tuple(self.lora_targets)

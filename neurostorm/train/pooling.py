@@ -13,7 +13,7 @@ The encoder sees clips of ``data.sequence_length`` frames; a run gives a sequenc
   runs' frames only → their correlation over the run's frames (Ledoit-Wolf shrinkage, so a run with fewer
   frames than components still gives a well-conditioned matrix) → Fisher z of the upper triangle,
   k(k−1)/2 features;
-- ``attention``: attention pooling over the run's clip embeddings (a ← softmax(wᵀ tanh(V hᵢ)), Σ aᵢ hᵢ),
+- ``clip_attention``: attention pooling over the run's clip embeddings (a ← softmax(wᵀ tanh(V hᵢ)), Σ aᵢ hᵢ),
   trained with a linear head (Ilse et al., 2018), the epoch chosen on the validation subjects.
 
 A run shorter than one clip has no row: it is skipped with a warning and counted in the results.

@@ -226,8 +226,8 @@ def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:
 
 def _run_embeddings(config: ExperimentConfig, encoder: NeuroSTORM) -> dict[str, np.ndarray]:
     """One row per run of every store by ``config.pooling`` (cov's PCA fitted on all of them: no labels)."""
-    if config.pooling == "attention":
-        raise InputError("config", "pooling=attention is learned with a task head: use it with mode=probe")
+    if config.pooling == "clip_attention":
+        raise InputError("config", "pooling=clip_attention is learned with a task head: use it with mode=probe")
     series = RunSeries()
     for source in config.data.stores:
         store = Store(source.path)

@@ -1,8 +1,10 @@
 """Several methods on one task under one protocol: the same subject split, the same ROI folder, the same
 metrics with 95 % CIs over subjects. ``neurostorm compare`` and the demo report build their tables here.
 
-A method is written ``MODEL[@INIT][:MODE]``: ``neurostorm-tiny`` (from scratch, full fine-tuning),
-``neurostorm-tiny@runs/pretrain/model:prompt``, ``fc-linear``, ``bnt``. Each runs as an ordinary fine-tuning
+A method is written ``MODEL[@INIT][:MODE[+HOW]]``: ``neurostorm-tiny`` (from scratch, full fine-tuning),
+``neurostorm-tiny@runs/pretrain/model:prompt``, ``fc-linear``, ``bnt``; a probe's ``+HOW`` is a head over
+each clip's tokens (``probe+attention``, ``probe+mlp``) or a run-level pooling (``probe+cov``,
+``probe+clip_attention``). Each runs as an ordinary fine-tuning
 run in OUT/runs/<label> (its ``config.yaml`` reruns it alone); OUT/task.yaml is the task as run with its
 methods, so ``neurostorm compare --task OUT/task.yaml --out OUT`` reruns the whole table. OUT/table.md,
 OUT/table.csv and OUT/comparison.png hold the results.
@@ -29,8 +31,9 @@ from neurostorm.errors import InputError
 from neurostorm.evaluation.scores import UNDEFINED, paired_difference
 from neurostorm.models import model_input
 from neurostorm.tasks import task_family
-from neurostorm.train.config import MODES, POOLINGS, ExperimentConfig, read_config_file, save_config
+from neurostorm.train.config import MODES, POOLINGS, PROBES, ExperimentConfig, read_config_file, save_config
 from neurostorm.workflows.finetune import finetune
+from neurostorm.workflows.random_splits import check_random_splits, score_random_splits
 
 
 @dataclass(frozen=True)
@@ -40,32 +43,38 @@ class Method:
     init: str = "scratch"
     mode: str = "full"
     pooling: str = "mean"
+    probe: str = "linear"
 
     @classmethod
     def parse(cls, spec: str, label: str | None = None) -> Method:
-        """``MODEL[@INIT][:MODE[+POOLING]]`` (MODE one of full, prompt, lora, probe; POOLING of a probe one of
-        mean, mean_std, cov, attention)."""
+        """``MODEL[@INIT][:MODE[+HOW]]`` (MODE one of full, prompt, lora, probe; HOW of a probe a head over
+        tokens, attention or mlp, or a run-level pooling, mean_std, cov or clip_attention)."""
         last = spec.rsplit(":", 1)[-1]
-        mode, _, pooling = last.partition("+")
-        if mode not in MODES or (pooling and (mode != "probe" or pooling not in POOLINGS)):
-            mode, pooling, head = "full", "", spec
+        mode, _, how = last.partition("+")
+        if mode not in MODES or (how and (mode != "probe" or how not in (*POOLINGS, *PROBES))):
+            mode, how, head = "full", "", spec
         else:
             head = spec.rpartition(":")[0]
         model, _, init = head.partition("@")
         model_input(model)  # refuses an unknown name
-        return cls(label or spec, model, init or "scratch", mode, pooling or "mean")
+        pooling, probe = (how, "linear") if how in POOLINGS else ("mean", how or "linear")
+        return cls(label or spec, model, init or "scratch", mode, pooling, probe)
 
     @property
     def spec(self) -> str:
-        """The ``MODEL[@INIT][:MODE[+POOLING]]`` text that parses back to this method."""
+        """The ``MODEL[@INIT][:MODE[+HOW]]`` text that parses back to this method."""
+        how = self.pooling if self.pooling != "mean" else self.probe if self.probe != "linear" else ""
         return self.model + (f"@{self.init}" if self.init != "scratch" else "") + \
-            (f":{self.mode}" if self.mode != "full" else "") + (f"+{self.pooling}" if self.pooling != "mean" else "")
+            (f":{self.mode}" if self.mode != "full" else "") + (f"+{how}" if how else "")
 
     def applies_to(self, kind: str, harmonize: str = "none") -> bool:
         family = task_family(kind)
         run_level = self.pooling != "mean"  # one row per run: subject labels only
-        harmonizable = family.reads_fixed_features(self.model, self.mode) and self.pooling != "attention"
+        token_head = self.probe != "linear"  # a head over each clip's tokens: the families that train heads
+        harmonizable = family.reads_fixed_features(self.model, self.mode) and self.pooling != "clip_attention" \
+            and not token_head
         return family.model_applies(self.model, self.mode) and (not run_level or family.subject_labels) \
+            and (not token_head or family.trains_head_on_clips(self.model, "full")) \
             and (harmonize == "none" or harmonizable)
 
     def configure(self, config: ExperimentConfig) -> ExperimentConfig:
@@ -74,7 +83,7 @@ class Method:
         model = dataclasses.replace(config.model, name=self.model, init=self.init)
         standardise = config.head_standardise and task_family(config.task.kind).trains_head_on_clips(self.model,
                                                                                                     self.mode)
-        return dataclasses.replace(config, model=model, mode=self.mode, pooling=self.pooling,
+        return dataclasses.replace(config, model=model, mode=self.mode, pooling=self.pooling, probe=self.probe,
                                    head_standardise=standardise)
 
 
@@ -82,14 +91,18 @@ def run_folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
 
 
-def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, progress: bool = True
-            ) -> pd.DataFrame:
-    """Run every method on the task of ``config``; returns the table (one row per method)."""
+def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, progress: bool = True,
+            random_splits: int = 0) -> pd.DataFrame:
+    """Run every method on the task of ``config``; returns the table (one row per method). With
+    ``random_splits`` N, the methods that learn from fixed features are also scored on N random subject
+    splits (:mod:`neurostorm.workflows.random_splits`)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.replace(config.data, split_file=config.data.split_file or str(out / "split.json"),
                                roi_dir=config.data.roi_dir or str(out / f"roi-{run_folder_name(config.data.atlas)}"))
     config = dataclasses.replace(config, data=data)
+    if random_splits:
+        check_random_splits(config, task_family(config.task.kind), random_splits)
+    out.mkdir(parents=True, exist_ok=True)
     entries = [m.spec if m.label == m.spec else {m.label: m.spec} for m in methods]  # a label where it differs
     save_config(config, out / "task.yaml", {"compare": {"methods": entries}})
     kind, rows = config.task.kind, []
@@ -119,6 +132,8 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
                         f"site={site}_ci_high": value["ci_high"], f"site={site}_subjects": scores.get("n_subjects")})
         rows.append(row)
     table = pd.DataFrame(rows)
+    if random_splits:
+        table = score_random_splits(config, task_family(kind), table, out, random_splits)
     write_csv_atomic(out / "table.csv", table)
     (out / "table.md").write_text(markdown_table(table, kind) + "\n")
     plot_comparison(table, kind, out / "comparison.png")
@@ -153,23 +168,31 @@ def paired_differences(table: pd.DataFrame, kind: str, pairs: list[tuple[str, st
 
 def markdown_table(table: pd.DataFrame, kind: str) -> str:
     """One line per method: each metric as value [95 % CI], chance of the headline metric, test subjects,
-    trained parameters, seconds, then the headline metric of each test site where runs report sites; a
-    warning line under the table when the test subjects are few."""
+    trained parameters, seconds, then the headline metric of each test site where runs report sites, and its
+    mean ± sd over random splits where the comparison ran them; a warning line under the table when the test
+    subjects are few."""
     metrics = task_family(kind).metrics
     sites = [c for c in table.columns if c.startswith("site=") and not c.endswith(("_ci_low", "_ci_high", "_subjects"))]
+    spread = f"{metrics[0]}_random_mean"
+    extra = [f" {metrics[0]} at {c[5:]} |" for c in sites]
+    if spread in table:
+        extra.append(f" {metrics[0]} over {int(table['random_splits'].max())} random splits (mean ± sd) |")
     lines = ["| method | " + " | ".join(f"{m} [95 % CI]" for m in metrics) + f" | chance ({metrics[0]}) | "
-             "test subjects | trained parameters | seconds |" + "".join(f" {metrics[0]} at {c[5:]} |" for c in sites),
-             "|---" * (len(metrics) + 5 + len(sites)) + "|"]
+             "test subjects | trained parameters | seconds |" + "".join(extra),
+             "|---" * (len(metrics) + 5 + len(extra)) + "|"]
     notes = []
     for row in table.to_dict("records"):
         if pd.isna(row.get("seconds", np.nan)):  # the method did not run: its note says why
             lines.append(f"| {row['method']} | " + " | ".join("—" for _ in metrics) + f" | | | | {row['note']} |"
-                         + " |" * len(sites))
+                         + " |" * len(extra))
             continue
         if row.get("note"):
             notes.append(f"- {row['method']}: {row['note']}")
         cells = [_interval_cell(row, m) for m in metrics]
         site_cells = "".join(f" {_interval_cell(row, c)} (n={_count(row.get(f'{c}_subjects'))}) |" for c in sites)
+        if spread in table:
+            mean, sd = row.get(spread, np.nan), row.get(f"{metrics[0]}_random_sd", np.nan)
+            site_cells += " — |" if pd.isna(mean) else f" {mean:.3f} ± {sd:.3f} |"
         chance = row[f"{metrics[0]}_chance"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {'' if pd.isna(chance) else f'{chance:.3f}'}"
                      f" | {_count(row.get('test_subjects'))} | {int(row['trainable_parameters'] or 0):,} | "

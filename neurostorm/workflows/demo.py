@@ -50,7 +50,7 @@ class DemoSize:
 METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{pretrained}",
            "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
            # the run-level pooling with the best validation score in benchmarks/pooling.py (subject labels only)
-           "probe + attention pooling": "neurostorm-tiny@{pretrained}:probe+attention",
+           "probe + attention pooling": "neurostorm-tiny@{pretrained}:probe+clip_attention",
            "FC + linear": "fc-linear"}
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear"),
          ("probe + attention pooling", "FC + linear")]
