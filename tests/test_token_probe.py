@@ -72,6 +72,12 @@ def test_the_attentive_probe_runs_as_a_finetune_of_a_stage_s_tokens(labelled_sto
         capsys.readouterr().err
     assert main([*settings, "pooling=cov", "--out", str(tmp_path / "y")]) == 2
     assert "pooling=cov pools whole runs: use one or the other" in capsys.readouterr().err
+    assert main([*settings, "task.kind=reidentification", "--out", str(tmp_path / "z")]) == 2
+    assert "probe=attention and probe_stage choose the head of mode=probe over an encoder's tokens, for a label " \
+           "or task state" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert main(["finetune", "--config", "tiny", f"data.stores=[{labelled_store}]", "task.label=sex", "probe=mlp",
+                 "--quiet", "--out", str(tmp_path / "w")]) == 2
+    assert "mode=full trains the encoder itself" in capsys.readouterr().err
 
 
 def test_cached_tokens_equal_fresh_ones(labelled_store, tmp_path):
