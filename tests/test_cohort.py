@@ -25,7 +25,8 @@ from neurostorm.errors import InputError
 
 from .test_bad_input import kill_job
 
-COMMAND = [sys.executable, "-m", "neurostorm.cli", "preprocess", "--quiet"]
+GRID = "mni152-fsl-4mm-48"  # what is checked here holds on every grid; the 4 mm one is quicker to write
+COMMAND = [sys.executable, "-m", "neurostorm.cli", "preprocess", "--quiet", "--grid", GRID]
 BOOKKEEPING = ["written_at"]  # the one manifest column that differs between two writes of the same run
 
 
@@ -65,14 +66,16 @@ def test_shards_cover_every_run_once():
             parse_shard(bad)
 
 
-def test_shards_and_selection_build_the_single_job_store(cohort, store, tmp_path):
+def test_shards_and_selection_build_the_single_job_store(cohort, store_4mm, tmp_path):
     """Three array jobs by --shard, labels checked against the whole cohort, give the single job's store."""
     out = tmp_path / "sharded"
     for index in (1, 2, 3):
-        assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--shard", f"{index}/3"]) == 0
-    same_store(out, store)
+        assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID, "--shard",
+                     f"{index}/3"]) == 0
+    same_store(out, store_4mm)
     picked = tmp_path / "picked"  # participants.tsv lists all six: the other four are not "unknown subjects"
-    assert main(["preprocess", str(cohort), "--out", str(picked), "--quiet", "--participant-label", "02", "05"]) == 0
+    assert main(["preprocess", str(cohort), "--out", str(picked), "--quiet", "--grid", GRID, "--participant-label",
+                 "02", "05"]) == 0
     assert Store(picked).manifest["subject"].tolist() == ["02", "05"]
     assert Store(picked).manifest["sex"].notna().all()
 
@@ -82,17 +85,17 @@ def test_shards_and_selection_build_the_single_job_store(cohort, store, tmp_path
     [["01", "02"], ["03", "04"], ["05", "06"]],  # three jobs, disjoint
     [["01", "02", "03", "04", "05", "06"]] * 3,  # three jobs, the same runs
 ])
-def test_concurrent_jobs_write_one_store(cohort, store, tmp_path, subjects):
+def test_concurrent_jobs_write_one_store(cohort, store_4mm, tmp_path, subjects):
     out = tmp_path / "shared"
     jobs = [subprocess.Popen([*COMMAND, str(cohort), "--out", str(out), "--participant-label", *chosen],
                              stderr=subprocess.PIPE, text=True) for chosen in subjects]
     for job in jobs:
         assert job.wait(timeout=300) == 0, job.stderr.read()
-    same_store(out, store)  # every run once, bytes identical, nothing lost to another job's merge
+    same_store(out, store_4mm)  # every run once, bytes identical, nothing lost to another job's merge
     merge_manifest(str(out))  # the parts a job's end-of-job merge left (another merge held the lock)
     assert not list((out / PARTS).glob("*"))
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet").drop(columns=BOOKKEEPING),
-                                  Store(store).manifest.drop(columns=BOOKKEEPING))
+                                  Store(store_4mm).manifest.drop(columns=BOOKKEEPING))
 
 
 def victim_writing(store: Path) -> bool:
@@ -101,7 +104,7 @@ def victim_writing(store: Path) -> bool:
         if (store / "runs").exists() else False
 
 
-def test_a_killed_job_leaves_the_other_jobs_work_intact(cohort, store, tmp_path):
+def test_a_killed_job_leaves_the_other_jobs_work_intact(cohort, store_4mm, tmp_path):
     out = tmp_path / "shared"
     victim = subprocess.Popen([*COMMAND, str(cohort), "--out", str(out), "--participant-label", "01", "02", "03"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -118,8 +121,8 @@ def test_a_killed_job_leaves_the_other_jobs_work_intact(cohort, store, tmp_path)
     assert any("stale" in note for note in check.notes)  # the victim's temporary: its writer is gone
     assert main(["store", "compact", str(out)]) == 0
     assert not list((out / "runs").glob(".*"))
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet"]) == 0  # the victim's array job again
-    same_store(out, store)
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID]) == 0  # the victim's job
+    same_store(out, store_4mm)
 
 
 def test_live_jobs_temporaries_are_kept(tmp_path):
@@ -181,9 +184,9 @@ def test_store_check_finds_missing_shards_and_changed_values(store, tmp_path, ca
 
 def test_dask_local_cluster_store_equals_the_worker_processes_store(cohort, tmp_path):
     pytest.importorskip("distributed")
-    by_workers = preprocess([cohort], tmp_path / "workers", PreprocessConfig(grid="mni152-fsl-4mm-48"), workers=2,
+    by_workers = preprocess([cohort], tmp_path / "workers", PreprocessConfig(grid=GRID), workers=2,
                             progress=False)
-    assert main(["preprocess", str(cohort), "--out", str(tmp_path / "dask"), "--grid", "mni152-fsl-4mm-48",
+    assert main(["preprocess", str(cohort), "--out", str(tmp_path / "dask"), "--grid", GRID,
                  "--quiet", "--dask", "local:2"]) == 0
     assert len(by_workers.processed) == 6
     same_store(tmp_path / "dask", tmp_path / "workers")
@@ -197,14 +200,14 @@ def test_dask_local_cluster_store_equals_the_worker_processes_store(cohort, tmp_
     raw = next(cohort.glob("sub-01/func/*_bold.nii.gz")).read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])
     good = next(cohort.glob("sub-02/func/*_bold.nii.gz"))
-    result = preprocess([good, bad], tmp_path / "dask-bad", PreprocessConfig(grid="mni152-fsl-4mm-48"),
+    result = preprocess([good, bad], tmp_path / "dask-bad", PreprocessConfig(grid=GRID),
                         dask="local:2", progress=False)
     assert result.processed == ["sub-02_task-rest_run-1"] and len(result.failures) == 1
     assert str(result.failures[0]).startswith(f"{bad}: cannot read frames")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_store_at_a_url(cohort, store, tmp_path, monkeypatch, workers):
+def test_a_store_at_a_url(cohort, store_4mm, tmp_path, monkeypatch, workers):
     """Written through fsspec (memory:// in this process, file:// with worker processes): every run's data
     is uploaded before its manifest part, and the store reads back as the local one."""
     from neurostorm.data import preprocess as module
@@ -218,10 +221,10 @@ def test_a_store_at_a_url(cohort, store, tmp_path, monkeypatch, workers):
         published(location, row)
 
     monkeypatch.setattr(module, "write_part", part_after_data)
-    config = PreprocessConfig()
+    config = PreprocessConfig(grid=GRID)
     result = preprocess([cohort], url, config, workers=workers, progress=False)
     assert len(result.processed) == 6 and not result.failures
-    remote, local = Store(url), Store(store)
+    remote, local = Store(url), Store(store_4mm)
     run_id = local.manifest["run_id"][2]
     np.testing.assert_array_equal(remote.read_clip(run_id, 10, 20), local.read_clip(run_id, 10, 20))
     assert len(remote.manifest) == 6 and merge_manifest(url).parts == 6

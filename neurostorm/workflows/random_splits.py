@@ -27,6 +27,7 @@ from neurostorm.data.splits import random_splits
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.evaluation.scores import subject_metrics
+from neurostorm.evaluation.target import Target
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.tasks.base import TaskFamily
 from neurostorm.train.config import ExperimentConfig
@@ -90,19 +91,12 @@ def score_random_splits(config: ExperimentConfig, family: TaskFamily, table: pd.
     if not features:
         raise InputError("--splits", "no method of the comparison learns from fixed features (a linear probe "
                                      "of a frozen encoder, fc-linear): nothing to score on random splits")
-    draws, target = _draws(config, family, n_splits), family.target
+    draws = _draws(config, family, n_splits)
     records = []
     for method, rows in features.items():
         n_classes = json.loads((runs[method] / "metrics.json").read_text())["task"].get("n_classes", 1)
-        subjects = rows["subject"].astype(str)
-        for k, draw in enumerate(draws, start=1):
-            train, test = np.isin(subjects, draw["train"]), np.isin(subjects, draw["test"])
-            linear = fit_linear(rows["output"][train], rows["y"][train], subjects[train], target.estimator,
-                                balanced=config.task.class_weights)
-            outputs = linear_outputs(linear, rows["output"][test], target.estimator, n_classes)
-            records.append({"method": method, "split": k, "train_subjects": len(draw["train"]),
-                            "test_subjects": len(draw["test"]),
-                            **subject_metrics(target, n_classes, subjects[test], outputs, rows["y"][test])})
+        records += [{"method": method, **r} for r in draw_scores(rows, draws, family.target, n_classes,
+                                                                 config.task.class_weights)]
     scores = pd.DataFrame(records)
     write_csv_atomic(out / "random_splits.csv", scores)
     write_csv_atomic(out / "random_split_differences.csv", split_differences(scores, family.headline))
@@ -112,6 +106,23 @@ def score_random_splits(config: ExperimentConfig, family: TaskFamily, table: pd.
     table[f"{family.headline}_random_sd"] = table["method"].map(by_method.std(ddof=1))
     table["random_splits"] = table["method"].map(by_method.count())
     return table
+
+
+def draw_scores(rows: dict[str, np.ndarray], draws: list[dict[str, list[str]]], target: Target, n_classes: int,
+                balanced: bool = False) -> list[dict]:
+    """Per draw, a linear model (strength by subject-grouped CV on the draw's training subjects) fitted on
+    the training subjects' rows (``output`` (N, F) with ``subject`` and ``y``) and its metrics over the test
+    subjects; one dict per draw with ``split`` (from 1) and the subject counts."""
+    subjects = rows["subject"].astype(str)
+    scores = []
+    for k, draw in enumerate(draws, start=1):
+        train, test = np.isin(subjects, draw["train"]), np.isin(subjects, draw["test"])
+        linear = fit_linear(rows["output"][train], rows["y"][train], subjects[train], target.estimator,
+                            balanced=balanced)
+        outputs = linear_outputs(linear, rows["output"][test], target.estimator, n_classes)
+        scores.append({"split": k, "train_subjects": len(draw["train"]), "test_subjects": len(draw["test"]),
+                       **subject_metrics(target, n_classes, subjects[test], outputs, rows["y"][test])})
+    return scores
 
 
 def split_differences(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
