@@ -74,11 +74,11 @@ FULL_ARMS = {("full fine-tuning", "plain head"): ["mode=full"],
 SECTIONS = ("embeddings", "strd", "heads", "full")
 
 
-def demo_stores(out: Path) -> dict[str, Path]:
-    """The default demo's cohort in OUT/bids (simulated unless there) and its resting and block-design runs
-    preprocessed as the demo does into OUT/store-rest and OUT/store-objects."""
+def demo_stores(out: Path, subjects: int | None = None) -> dict[str, Path]:
+    """The default demo's cohort (of ``subjects``, default its 48) in OUT/bids (simulated unless there) and
+    its resting and block-design runs preprocessed as the demo does into OUT/store-rest and OUT/store-objects."""
     if not (out / "bids" / "participants.tsv").exists():
-        simulate_cohort(out / "bids", demo_cohort())
+        simulate_cohort(out / "bids", demo_cohort(subjects=subjects))
     return preprocess_stores(out / "bids", out, ("rest", "objects"))
 
 
