@@ -173,7 +173,13 @@ def _experiment(args: argparse.Namespace):
 
 
 def _print_metrics(metrics: dict) -> None:
-    for name, value in metrics.items():
+    """Each metric with its 95 % CI, the task family's headline first, then chance and any note."""
+    from neurostorm.tasks import task_family
+
+    kind = metrics.get("task", {}).get("kind")
+    order = task_family(kind).metrics if kind else ()
+    for name in [*(m for m in order if m in metrics), *(m for m in metrics if m not in order)]:
+        value = metrics[name]
         if isinstance(value, dict) and "value" in value:
             print(f"  {name:18s} {value['value']:.3f}  95% CI [{value['ci_low']:.3f}, {value['ci_high']:.3f}]")
     if "chance" in metrics:
