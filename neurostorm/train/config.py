@@ -146,6 +146,11 @@ class ExperimentConfig:
             raise ValueError(f"data.harmonize must be one of {', '.join(HARMONIZATIONS)}, got {self.data.harmonize!r}")
         self.lora_targets = tuple(self.lora_targets)
 
+    @property
+    def probe_reads_tokens(self) -> bool:
+        """Whether ``probe`` / ``probe_stage`` ask for a probe over a stage's tokens rather than the embedding."""
+        return self.probe != "linear" or self.probe_stage is not None
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

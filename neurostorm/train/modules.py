@@ -84,6 +84,18 @@ class PretrainModule(L.LightningModule):
         return make_optimizer(self, self.optim, self.steps_per_epoch)
 
 
+def label_loss(out: torch.Tensor, y: torch.Tensor, values: bool, class_weights: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """The loss of a head's outputs (B, 1 or K): MSE for values (``y`` already standardised), BCE for one logit
+    (two classes), cross-entropy for K; ``class_weights`` (K,) weigh each row by its class."""
+    if values:
+        return F.mse_loss(out[:, 0], y.float())
+    if out.shape[1] == 1:
+        weight = None if class_weights is None else class_weights[y.long()]
+        return F.binary_cross_entropy_with_logits(out[:, 0], y.float(), weight=weight)
+    return F.cross_entropy(out, y.long(), weight=class_weights)
+
+
 TIE_BREAK = 1e-3  # weight of AUROC in a classifier's checkpoint score
 
 
@@ -143,11 +155,8 @@ class AdaptModule(L.LightningModule):
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.target.values:
-            return F.mse_loss(out[:, 0], (y - self.target_mean) / self.target_std)
-        if self.n_classes == 2:
-            weight = None if self.class_weights is None else self.class_weights[y]
-            return F.binary_cross_entropy_with_logits(out[:, 0], y.float(), weight=weight)
-        return F.cross_entropy(out, y, weight=self.class_weights)
+            y = (y - self.target_mean) / self.target_std
+        return label_loss(out, y, self.target.values, self.class_weights)
 
     def to_original_units(self, out: torch.Tensor) -> torch.Tensor:
         return out * self.target_std + self.target_mean if self.target.values else out

@@ -37,6 +37,7 @@ from torch import nn
 from neurostorm.data.datasets import clip_tensor
 from neurostorm.data.store import Store
 from neurostorm.train.data import fit_to_model
+from neurostorm.train.modules import label_loss
 
 PROJECTED = 256  # frame features kept for cov after the fixed random projection
 
@@ -172,11 +173,7 @@ def fit_attention(train: RunSeries, y_train: np.ndarray, val: RunSeries, y_val: 
     def loss_of(series: RunSeries, y: np.ndarray) -> torch.Tensor:
         out = torch.stack([model((torch.from_numpy(c) - scaler[0]) / (scaler[1] + 1e-6)) for c in series.clips])
         target = torch.as_tensor(y)
-        if values:
-            return nn.functional.mse_loss(out[:, 0], (target.float() - mean) / std)
-        if outputs == 1:
-            return nn.functional.binary_cross_entropy_with_logits(out[:, 0], target.float())
-        return nn.functional.cross_entropy(out, target.long())
+        return label_loss(out, (target.float() - mean) / std if values else target, values)
 
     best, best_state = np.inf, None
     for _ in range(epochs):

@@ -139,7 +139,7 @@ def linear_probe(config: ExperimentConfig, run_dir: Path, target: Target) -> dic
     """``mode=probe`` on an encoder, or the ``fc-linear`` model; writes the run folder, returns the metrics."""
     data = LabelledClips(config, run_dir, target)
     start = time.perf_counter()
-    reads_tokens = config.probe != "linear" or config.probe_stage is not None
+    reads_tokens = config.probe_reads_tokens
     if reads_tokens and (data.input == "fc" or config.pooling != "mean"):
         what = f"{config.model.name} reads connectivity matrices" if data.input == "fc" else \
             f"pooling={config.pooling} pools whole runs: use one or the other"

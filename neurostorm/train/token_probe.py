@@ -24,12 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.evaluation.target import Target
-from neurostorm.train.modules import checkpoint_score
+from neurostorm.train.modules import checkpoint_score, label_loss
 
 LEARNING_RATES = (1e-3, 1e-2)
 WEIGHT_DECAYS = (1e-4, 1e-1)
@@ -87,14 +86,6 @@ class FittedProbe:
         return (torch.cat(out) * self.target_std + self.target_mean).numpy()
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, values: bool) -> torch.Tensor:
-    if values:
-        return F.mse_loss(out[:, 0], y.float())
-    if out.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(out[:, 0], y.float())
-    return F.cross_entropy(out, y.long())
-
-
 def fit_token_probe(kind: str, train: dict[str, np.ndarray], val: dict[str, np.ndarray], target: Target,
                     n_classes: int,
                     steps: int = 400, batch_size: int = 64, seed: int = 0,
@@ -120,7 +111,7 @@ def fit_token_probe(kind: str, train: dict[str, np.ndarray], val: dict[str, np.n
         for step in range(1, steps + 1):
             head.train()
             rows = torch.randint(0, len(tokens), (min(batch_size, len(tokens)),), generator=order)
-            loss = _loss(head(tokens[rows]), y[rows], target.values)
+            loss = label_loss(head(tokens[rows]), y[rows], target.values)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -51,8 +51,7 @@ def check_settings(config: ExperimentConfig, family: TaskFamily) -> None:
                                            "an encoder adapted on clips reads voxels")
     if config.pooling != "mean" and mode != "probe":
         raise InputError("config", f"pooling={config.pooling} pools a frozen encoder's runs: use it with mode=probe")
-    reads_tokens = config.probe != "linear" or config.probe_stage is not None
-    if reads_tokens and (mode != "probe" or not family.trains_head_on_clips(model, "full")):
+    if config.probe_reads_tokens and (mode != "probe" or not family.trains_head_on_clips(model, "full")):
         raise InputError("config", f"probe={config.probe} and probe_stage choose the head of mode=probe over an "
                                    "encoder's tokens, for a label or task state"
                                    + ("" if mode == "probe" else f"; mode={mode} trains the encoder itself"))
