@@ -453,6 +453,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    code = _run_command(args)
+    if code > 128:
+        # the I/O a stop abandons (zarr's event loop, its pending writes) is collected at exit; not a problem
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    return code
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command: 0 (or its own code), 2 on bad input, 128 + the signal when stopped."""
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.simplefilter("ignore", DeprecationWarning)  # libraries' notices to their developers
@@ -465,8 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"neurostorm {args.command}: {err}", file=sys.stderr)
             return 2
         except (Interrupted, KeyboardInterrupt) as stop:
-            # the I/O tasks a stop abandons (zarr's event loop) are not problems to report on the way out
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             name = stop.signal_name if isinstance(stop, Interrupted) else "SIGINT"
             after = AFTER_A_STOP.get(args.command, "its outputs are written whole or not at all")
             print(f"neurostorm {args.command}: stopped by {name}; {after}", file=sys.stderr)
