@@ -41,7 +41,7 @@ import torch
 
 from benchmarks.common import seeds_and_epochs, study, validation_by_epoch
 from benchmarks.pooling import pretrain_as_demo
-from neurostorm.data.datasets import ClipDataset
+from neurostorm.data.datasets import ClipDataset, decoded
 from neurostorm.data.simulate import simulate_cohort
 from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.models.linear import fit_linear, linear_outputs
@@ -92,7 +92,7 @@ def embedding_figures(model: Path, store: Path) -> dict[str, float]:
     figures = {}
     for name, strd in (("STRD on", True), ("STRD off", False)):
         encoder = load_encoder(model, strd=strd)
-        x = fit_to_model(torch.stack([clips[i]["x"] for i in range(8)]), encoder.config.img_size)
+        x = fit_to_model(torch.stack([decoded(clips[i])["x"] for i in range(8)]), encoder.config.img_size)
         torch.manual_seed(0)
         with torch.no_grad():
             training, evaluation = encoder.train().encode(x), encoder.eval().encode(x)

@@ -36,6 +36,7 @@ from benchmarks.common import study
 from benchmarks.pooling import _fc_series, demo_pretraining, demo_rest_store, evaluate_families, pretrain_as_demo
 from benchmarks.recipe import CLIP
 from neurostorm import load_encoder, load_pretrained
+from neurostorm.data.datasets import decoded
 from neurostorm.data.roi import extract_rois
 from neurostorm.data.store import Store
 from neurostorm.train.data import PretrainClips, fit_to_model
@@ -52,7 +53,7 @@ def interior_r2(model_folder: Path, store: Path, floor: float, run_dir: Path) ->
     model = load_pretrained(model_folder).eval()
     held_out = PretrainClips(demo_pretraining(store), run_dir).val_set
     squared_error = total = 0.0
-    for i, batch in enumerate(DataLoader(held_out, batch_size=4)):
+    for i, batch in enumerate(map(decoded, DataLoader(held_out, batch_size=4))):
         x = model.encoder.standardise(fit_to_model(batch["x"], model.config.encoder.img_size))  # (B, 1, X, Y, Z, T)
         out = model(x, generator=torch.Generator().manual_seed(i))
         patch_voxels = model.encoder.patch_embed.patchify(torch.ones_like(x)).shape[-1]

@@ -5,14 +5,22 @@ A synthetic whole-brain int16 run on the FSL MNI152 2 mm grid (TR 0.72 s, like H
 
 - preprocessed into a store (int8, the default, and float16), against a plain nilearn reslice of the same
   run onto the same grid (no masking, normalisation, TR resampling or storage): seconds and peak RSS;
-- read back as base-size clips (96³ × 20 frames) in random order through a ``DataLoader`` with 2 workers,
-  cold (the store's pages evicted from the page cache first) and warm; ``ratio`` = clips/s read over the
-  clips/s the base encoder trains at (forward+backward, batch 1), measured by the encoder suite.
+- ``data-codec-ceiling``: the codec alone decompressing the int8 store's chunks from bytes in memory, one
+  process — the most one loader worker could read;
+- ``data-loader-per-worker``: base-size clips (96³ × 20 frames, the stored int8 bytes as training receives
+  them) in random order through a ``DataLoader`` with one worker, cold (the store's pages evicted from the
+  page cache first) and warm; ``ratio`` = its warm clips/s over the ceiling; ``read-clips-2workers`` the
+  same with two, ``ratio`` = cold clips/s over the clips/s the base encoder trains at (forward+backward,
+  batch 1, from the encoder suite);
+- ``data-sustained-<rate>`` for 100, 250 and 1,000 clips/s: the workers that rate needs at the measured
+  per-worker rate (capped at this machine's cores), and a consumer taking batches of 8 at that rate from
+  them: clips/s achieved, the share of batches it waited for, peak host memory of it and its workers.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +32,7 @@ from benchmarks.common import median_seconds, record, rss_mib, run_child
 FSL_2MM = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 FSL_SHAPE = (91, 109, 91)
 TR = 0.72
+CLIP_FRAMES = 20
 
 
 def write_long_run(path: Path, n_frames: int, seed: int = 0) -> None:
@@ -93,32 +102,127 @@ def _evict(store: str) -> None:
                 os.close(fd)
 
 
-def measure_reads(store: str, clips: int, workers: int) -> dict:
-    import time
-
+def _clip_order(store: str, clips: int):
+    """Every clip start of the store's runs (96³ × 20, stride 1) and a seeded random order of ``clips``."""
     import torch
-    from torch.utils.data import DataLoader
 
     from neurostorm.data.datasets import ClipDataset
 
-    dataset = ClipDataset(store, sequence_length=20, stride=1)  # every start; read in random order
+    dataset = ClipDataset(store, sequence_length=CLIP_FRAMES, stride=1)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:clips].tolist()
+    return dataset, order
+
+
+def measure_codec_ceiling(store: str) -> dict:
+    """The codec alone: every chunk of the store's first run decompressed from shard bytes already in memory,
+    into one frame buffer, in this process; clips/s = frames/s / 20."""
+
+    from neurostorm.data.runs import ZSTD, FrameReader
+    from neurostorm.data.store import Store
+
+    opened = Store(store)
+    run_id = opened.manifest["run_id"].iloc[0]
+    reader = FrameReader(opened.location, run_id, opened.run(run_id))
+    chunks = []
+    for shard in range(-(-opened.n_frames(run_id) // reader.shard_frames)):
+        data = memoryview(Path(reader.shard_path(shard)).read_bytes())
+        chunks += [data[o:o + n] for o, n in reader.chunk_index(shard) if o != reader.MISSING]
+    frame = np.empty(opened.run(run_id)["bold"].shape[1:], dtype=np.int8)
+    baseline = rss_mib()
+
+    def decode_all() -> None:
+        for chunk in chunks:
+            ZSTD.decode(chunk, out=frame)
+
+    seconds = median_seconds(decode_all, repeats=3)
+    rate = len(chunks) / seconds / CLIP_FRAMES
+    return record("data-codec-ceiling", [len(chunks), *frame.shape], seconds, baseline, clips_per_s=rate,
+                  compressed_mib_per_clip=sum(len(c) for c in chunks) / len(chunks) * CLIP_FRAMES / 2**20)
+
+
+def measure_reads(store: str, clips: int, workers: int) -> dict:
+    """Random-order clips through a ``DataLoader`` with ``workers`` processes, cold (the store's pages evicted)
+    and warm: the stored bytes as training gets them (:func:`neurostorm.train.data.make_loader`'s collate)."""
+    import time
+
+    from torch.utils.data import DataLoader, Subset
+
+    from neurostorm.data.datasets import collate_clips
+
+    dataset, order = _clip_order(store, clips)
     baseline = rss_mib()
     rates = {}
     for state in ("cold", "warm"):
         if state == "cold":
             _evict(store)
-        loader = DataLoader(torch.utils.data.Subset(dataset, order), batch_size=1, num_workers=workers)
+        loader = DataLoader(Subset(dataset, order), batch_size=1, num_workers=workers, collate_fn=collate_clips)
         start = time.perf_counter()
         for batch in loader:
-            assert batch["x"].shape[-4:] == (96, 96, 96, 20)
+            assert batch["x"].shape[-4:] == (CLIP_FRAMES, 96, 96, 96)  # as stored
         rates[state] = clips / (time.perf_counter() - start)
-    return record(f"read-clips-{workers}workers", [clips, 1, 96, 96, 96, 20], clips / rates["warm"], baseline,
-                  clips_per_s_cold=rates["cold"], clips_per_s_warm=rates["warm"])
+    name = "data-loader-per-worker" if workers == 1 else f"read-clips-{workers}workers"
+    return record(name, [clips, 1, 96, 96, 96, CLIP_FRAMES], clips / rates["warm"], baseline,
+                  clips_per_s=rates["warm"], clips_per_s_cold=rates["cold"], clips_per_s_warm=rates["warm"])
+
+
+def measure_sustained(store: str, rate: float, workers: int, batches: int, batch_size: int) -> dict:
+    """A consumer that takes a batch every ``batch_size / rate`` seconds (a sleep standing in for the GPU's
+    step) from ``workers`` loader processes with the training loader's settings: clips/s achieved, the share
+    of batches it waited for (stalled: waited more than a tenth of a step), and the peak memory of the
+    process and its workers together."""
+    import threading
+    import time
+
+    import psutil
+    from torch.utils.data import DataLoader, Subset
+
+    from neurostorm.data.datasets import collate_clips
+
+    dataset, order = _clip_order(store, batches * batch_size)
+    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
+                        prefetch_factor=2 if workers else None, persistent_workers=workers > 0)
+    peak, done = [0.0], threading.Event()
+
+    def sample_memory() -> None:
+        me = psutil.Process()
+        while not done.is_set():
+            processes = [me, *me.children(recursive=True)]
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            peak[0] = max(peak[0], total / 2**20)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    step = batch_size / rate
+    iterator = iter(loader)
+    next(iterator)  # the workers start and fill their queues: not part of the steady state
+    waits, start = [], time.perf_counter()
+    for _ in range(batches - 1):
+        waited = time.perf_counter()
+        next(iterator)
+        waits.append(time.perf_counter() - waited)
+        time.sleep(step)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    stalled = float(np.mean(np.asarray(waits) > 0.1 * step))
+    return record(f"data-sustained-{int(rate)}", [batches - 1, batch_size, 96, 96, 96, CLIP_FRAMES], seconds,
+                  rss_mib(), clips_per_s=(batches - 1) * batch_size / seconds, target_clips_per_s=rate,
+                  workers=workers, stalled_share=stalled, mean_wait_s=float(np.mean(waits)),
+                  peak_host_mib=peak[0])
+
+
+RATES = (100, 250, 1000)  # clips/s a GPU consumes: base-model training (~100-250) to bf16 inference (~1,000)
 
 
 def run(quick: bool, workdir: Path, encoder_clips_per_s: float | None) -> list[dict]:
-    """Preprocessing against a plain reslice, then the store's read rate against the encoder's."""
+    """Preprocessing against a plain reslice; the codec's ceiling, the loader's clips/s per worker against it,
+    the workers each GPU rate needs and whether a loader sustains it; the read rate against the encoder's."""
     workdir.mkdir(parents=True, exist_ok=True)
     source = str(workdir / "sub-bench_task-rest_bold.nii.gz")
     write_long_run(Path(source), 200 if quick else 1200)
@@ -128,8 +232,24 @@ def run(quick: bool, workdir: Path, encoder_clips_per_s: float | None) -> list[d
         row = run_child("data", "measure_preprocess", source, str(workdir / f"store-{storage}"), storage)
         results.append({**row, "ratio": row["seconds"] / reslice["seconds"],
                         "ratio_means": "times the seconds of a plain nilearn reslice"})
-    reads = run_child("data", "measure_reads", str(workdir / "store-int8"), 32 if quick else 96, 2)
-    if encoder_clips_per_s:
-        reads = {**reads, "ratio": reads.get("clips_per_s_cold", float("nan")) / encoder_clips_per_s,
+    store, clips = str(workdir / "store-int8"), 32 if quick else 96
+    ceiling = run_child("data", "measure_codec_ceiling", store)
+    per_worker = run_child("data", "measure_reads", store, clips, 1)
+    if "error" not in ceiling and "error" not in per_worker:
+        per_worker = {**per_worker, "ratio": per_worker["clips_per_s"] / ceiling["clips_per_s"],
+                      "ratio_means": "warm clips/s of one loader worker / the codec's clips/s"}
+    reads = run_child("data", "measure_reads", store, clips, 2)
+    if encoder_clips_per_s and "error" not in reads:
+        reads = {**reads, "ratio": reads["clips_per_s_cold"] / encoder_clips_per_s,
                  "ratio_means": "cold clips/s read / base encoder training clips/s"}
-    return results + [reads]
+    results += [ceiling, per_worker, reads]
+    cores = os.cpu_count() or 1
+    for rate in RATES:
+        needed = math.ceil(rate / per_worker["clips_per_s"]) if "error" not in per_worker else cores
+        workers = max(1, min(needed, cores))
+        row = run_child("data", "measure_sustained", store, rate, workers, 12 if quick else 40, 8)
+        if "error" not in row:
+            row = {**row, "workers_needed": needed, "ratio": row["clips_per_s"] / rate,
+                   "ratio_means": "clips/s achieved / the consumer's rate (workers: needed, capped at the cores)"}
+        results.append(row)
+    return results

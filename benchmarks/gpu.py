@@ -12,7 +12,11 @@ On one CUDA device, in a few minutes:
 - a STORM (``neurostorm-mae-base``) training step at batch 8 under bf16 autocast (AdamW): seconds,
   clips/s, peak GPU memory; again with ``checkpoint_blocks=True``;
 - ``neurostorm pretrain --config base`` for about 26 steps on a generated 2 mm store, on the GPU: the first
-  and last logged losses, and the device and scan the run's log names.
+  and last logged losses, and the device and scan the run's log names;
+- STORM training steps at batch 8 fed by the real pretraining loader from that store (its workers, the
+  stored int8 bytes in pinned memory, decoded on the device) beside the same steps fed one batch over and
+  over (the model alone): clips/s of each, ``ratio`` = loader / model alone, and the share of time training
+  waited on data.
 
 Without a CUDA device only the parity rows run, on CPU tensors in Triton's interpreter at a small shape,
 and the table says "GPU figures: not measured".
@@ -195,6 +199,56 @@ def pretrain_run(workdir: Path) -> dict:
                 selective_scan=logged.get("selective_scan"), data_seconds=prepared)
 
 
+def loader_vs_model(store: Path, workdir: Path, steps: int, preset: str = "base", accelerator: str = "gpu",
+                    workers: int | None = None) -> dict:
+    """Training steps of ``neurostorm-mae-<preset>`` under Lightning fed by the pretraining loader of
+    ``store``, and fed its first batch ``steps`` times (the model alone, the same copy to the device and
+    decoding); clips/s of both over the steps after the first three."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from neurostorm import build_model
+    from neurostorm.train.config import load_config
+    from neurostorm.train.data import PretrainClips
+    from neurostorm.train.modules import PretrainModule
+
+    workers = workers if workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    on_gpu = accelerator == "gpu"
+    config = load_config(preset, [f"data.stores=[{store}]", "data.batch_size=8", f"data.num_workers={workers}",
+                                  "data.val_subjects_for_pretraining=0", f"trainer.accelerator={accelerator}"])
+    data = PretrainClips(config, workdir)
+    real = data.train_dataloader()
+    batch = next(iter(real))
+
+    class Clock(Callback):
+        skip = 3  # the first steps compile kernels and start the workers
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if batch_idx == self.skip:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            _sync("cuda" if on_gpu else "cpu")
+            self.seconds = time.perf_counter() - self.start if batch_idx >= self.skip else float("nan")
+            self.steps = batch_idx + 1 - self.skip
+
+    rates = {}
+    repeated = torch.utils.data.DataLoader([batch] * steps, batch_size=None)  # the batch as it is, each step
+    for name, loader in (("model", repeated), ("loader", real)):
+        torch.manual_seed(0)
+        clock = Clock()
+        trainer = L.Trainer(accelerator=accelerator, devices=1, precision="bf16-mixed" if on_gpu else "32-true",
+                            max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                            callbacks=[clock])
+        trainer.fit(PretrainModule(build_model(f"neurostorm-mae-{preset}"), config.optim), train_dataloaders=loader)
+        rates[name] = clock.steps * 8 / clock.seconds
+    return _row(f"pretrain-{preset}-loader-vs-model", [clock.steps, 8, *batch["x"].shape[2:]], clock.seconds,
+                clips_per_s=rates["loader"], model_clips_per_s=rates["model"], workers=workers,
+                pinned=bool(batch["x"].is_pinned()), ratio=rates["loader"] / rates["model"],
+                ratio_means="clips/s with the real loader / with one batch over and over")
+
+
 def run(quick: bool) -> list[dict]:
     repeats = 2 if quick else 5
     if not torch.cuda.is_available():
@@ -209,5 +263,6 @@ def run(quick: bool) -> list[dict]:
     rows += [storm_step(8, checkpoint, repeats) for checkpoint in (False, True)]
     with tempfile.TemporaryDirectory() as scratch:
         rows.append(pretrain_run(Path(scratch)))
+        rows.append(loader_vs_model(Path(scratch) / "store", Path(scratch) / "loader", steps=20 if quick else 40))
     device = torch.cuda.get_device_name()
     return [{**row, "device": row.get("device") or device} for row in rows]

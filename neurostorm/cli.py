@@ -474,6 +474,14 @@ def _run_command(args: argparse.Namespace) -> int:
         except InputError as err:
             print(f"neurostorm {args.command}: {err}", file=sys.stderr)
             return 2
+        except RuntimeError as err:
+            if not str(err).startswith("DataLoader worker"):
+                raise
+            # PyTorch noticed a loader process gone (killed by the system for memory, most often)
+            print(f"neurostorm {args.command}: {str(err).splitlines()[0]}; the data loader stopped: lower "
+                  "data.num_workers or data.batch_size if the system ran out of memory, then run the same "
+                  "command again", file=sys.stderr)
+            return 1
         except (Interrupted, KeyboardInterrupt) as stop:
             name = stop.signal_name if isinstance(stop, Interrupted) else "SIGINT"
             after = AFTER_A_STOP.get(args.command, "its outputs are written whole or not at all")

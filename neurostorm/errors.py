@@ -11,7 +11,9 @@ class InputError(ValueError):
     ``str(err)`` is ``"<path>: <problem>"`` so the CLI can print it as one line.
     """
 
-    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+    def __init__(self, path: str | PathLike[str], problem: str | None = None) -> None:
+        if problem is None:  # rebuilt from a message alone: PyTorch's DataLoader re-raising a worker's error
+            path, problem = _said(str(path))
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
@@ -19,6 +21,14 @@ class InputError(ValueError):
     def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
         # rebuilt from both fields after pickling (worker processes, Dask); the default would pass one
         return type(self), (self.path, self.problem)
+
+
+def _said(message: str) -> tuple[str, str]:
+    """(path, problem) from a message whose last line is the worker's ``…InputError: <path>: <problem>``."""
+    last = message.rstrip().splitlines()[-1] if message.strip() else ""
+    text = last.split("InputError: ", 1)[-1]
+    path, _, problem = text.partition(": ")
+    return path, problem or "unreadable input"
 
 
 class Interrupted(BaseException):

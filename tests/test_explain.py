@@ -10,7 +10,7 @@ import torch
 
 from neurostorm import InputError, build_model
 from neurostorm.cli import main
-from neurostorm.data.datasets import EventClipDataset
+from neurostorm.data.datasets import EventClipDataset, decoded
 from neurostorm.data.grid import MNI152_FSL_4MM_48, template_brain_mask
 from neurostorm.data.store import Store
 from neurostorm.models import ClassificationHead
@@ -24,7 +24,7 @@ CENTRES = {"faces": (40, -50, -10), "houses": (-30, -40, -10), "tools": (-45, -6
 def trained_on(store, subjects, labels_from, seed=0, steps=60):
     """A tiny encoder + head trained on the clips of ``subjects`` with labels ``labels_from(y)``."""
     data = EventClipDataset(store, subjects, sequence_length=8)
-    x = torch.stack([data[i]["x"] for i in range(len(data))])
+    x = torch.stack([decoded(data[i])["x"] for i in range(len(data))])
     y = labels_from(torch.tensor([int(data[i]["y"]) for i in range(len(data))]))
     torch.manual_seed(seed)
     encoder = build_model("neurostorm-tiny", embed_dim=8, frames=8)
@@ -54,7 +54,7 @@ def test_maps_of_a_trained_model_find_the_regions_that_carry_the_label(task_stor
     clips: dict[str, list] = {}
     for i in range(0, len(held_out), 2):
         item = held_out[i]
-        clips.setdefault(item["subject"], []).append((item["x"][None], float(fills[item["run_id"]])))
+        clips.setdefault(item["subject"], []).append((decoded(item)["x"][None], float(fills[item["run_id"]])))
     brain = template_brain_mask(MNI152_FSL_4MM_48)
     blob = blob_maker(MNI152_FSL_4MM_48)
     regions = np.any([blob(c) > 0.5 for c in CENTRES.values()], axis=0) & brain

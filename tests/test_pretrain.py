@@ -2,12 +2,15 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pandas as pd
+import pytest
+import torch
 from safetensors.torch import load_file
 
 from neurostorm.cli import main
@@ -105,3 +108,28 @@ def test_ddp_on_two_cpu_processes_shards_the_data_and_keeps_weights_equal(labell
     assert len(clips[0]) + len(clips[1]) == 12  # all 12 clips of the epoch, 6 per process
     weights = [(run / "samples" / f"rank{r}.weights").read_text() for r in (0, 1)]
     assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_an_epoch_that_waits_on_data_is_warned_about_on_a_gpu(device):
+    """Steps of 2 ms after waits of 8 ms: 80 % of the epoch spent waiting, over data.stall_share 20 %."""
+    import warnings
+    from types import SimpleNamespace
+
+    from neurostorm.train.trainer import DataWait
+
+    wait = DataWait(stall_share=0.2)
+    trainer, module = SimpleNamespace(current_epoch=0), SimpleNamespace(device=torch.device(device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wait.on_train_epoch_start(trainer, module)
+        for step in range(DataWait.MIN_STEPS):
+            time.sleep(0.008)
+            wait.on_train_batch_start(trainer, module, None, step)
+            time.sleep(0.002)
+            wait.on_train_batch_end(trainer, module, None, None, step)
+        wait.on_train_epoch_end(trainer, module)
+    said = [str(w.message) for w in caught if "waited on data" in str(w.message)]
+    assert len(said) == (1 if device == "cuda" else 0)
+    if said:
+        assert "data.num_workers" in said[0] and re.search(r"waited on data (7\d|8\d|9\d)%", said[0])

@@ -45,7 +45,7 @@ def test_simulated_task_runs_go_through_preprocessing_into_labelled_clips(tmp_pa
     assert frames == {"rest": 123, "objects": 173, "images": 173}  # (n − 1) · 2 s / 0.8 s + 1 for n = 50, 70
     clips = EventClipDataset(tmp_path / "store", sequence_length=8, exclude=[f"image{k:02d}" for k in range(1, 7)])
     assert clips.classes == ["faces", "houses", "tools"] and len(clips) >= 3 * 3
-    assert clips[0]["x"].shape == (1, 48, 48, 48, 8)
+    assert clips[0]["x"].shape == (1, 8, 48, 48, 48)  # as stored: (1, T, X, Y, Z)
 
 
 @pytest.mark.parametrize("subjects, sites, seed", [(6, 3, 0), (8, 3, 0), (16, 3, 1), (7, 2, 4), (48, 3, 0)])

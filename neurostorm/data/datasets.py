@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
@@ -69,12 +69,15 @@ def clip_starts(n_frames: np.ndarray, length: int, stride: int) -> tuple[np.ndar
 
 
 class ClipDataset(Dataset, _Labelled):
-    """Clips of ``sequence_length`` frames from a store, as model input of shape (1, X, Y, Z, T).
+    """Clips of ``sequence_length`` frames from a store, in the store's own bytes.
 
     Clips start every ``stride`` frames (default: non-overlapping). With ``random_crop`` each item draws a
     random start inside its run instead (training-time augmentation in time); the number of items per
-    epoch stays the same. Items are dicts with ``x``, ``subject``, ``run_id``, ``start`` and ``y`` when a
-    label column is given.
+    epoch stays the same. Items are dicts with ``x`` (1, T, X, Y, Z): the stored values in the stored
+    order (int8 or float16), its per-frame ``scale`` (T,) float32, ``subject``, ``run_id``, ``start`` and
+    ``y`` when a label column is given. :func:`decoded` turns a batch of them into float32 model input
+    (B, 1, X, Y, Z, T) where it runs (on the GPU after the copy, so a quarter of float32's bytes cross for
+    int8). Batch them with :func:`collate_clips`.
     """
 
     def __init__(self, store: Store | str, subjects: Sequence[str] | None = None, sequence_length: int = 20,
@@ -96,14 +99,50 @@ class ClipDataset(Dataset, _Labelled):
         record = self.runs.iloc[row]
         if self.random_crop:
             start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))
-        return self._sample(record, clip_tensor(self.store, record["run_id"], start, self.sequence_length),
-                            start=start)
+        x, scale = stored_clip(self.store, record["run_id"], start, self.sequence_length)
+        return self._sample(record, x, scale=scale, start=start)
+
+
+def stored_clip(store: Store, run_id: str, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [start, start + length) of a run as stored, (1, T, X, Y, Z) int8 or float16 (no copy, no
+    reordering: the loader's work is the decompression), and their scales (T,) float32."""
+    values, scale = store.read_stored(run_id, start, length)  # (T, X, Y, Z), (T,)
+    return torch.from_numpy(values)[None], torch.from_numpy(scale)
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Stored clips (..., T, X, Y, Z) times their scales (..., T): float32, still in the stored order."""
+    frames = (*scale.shape[:-1], *[1] * (x.dim() - scale.dim() - 3), scale.shape[-1], 1, 1, 1)
+    return x.float() * scale.float().reshape(frames)
+
+
+def decode_clips(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Stored clips (..., T, X, Y, Z) int8 or float16 with scales (..., T) → float32 model input
+    (..., X, Y, Z, T): the numbers of :meth:`Store.read_clip` (one float32 product per voxel), on whatever
+    device the clips are (a batch on the GPU: the reordering costs nothing there)."""
+    return torch.movedim(_scaled(x, scale), -4, -1).contiguous()
+
+
+def decoded(batch: dict) -> dict:
+    """A batch of clip items with ``x`` float32 model input (``scale`` applied and dropped); batches that hold
+    no stored clips (connectivity, ROI series, already decoded clips) pass unchanged."""
+    if "scale" not in batch:
+        return batch
+    return {**{k: v for k, v in batch.items() if k != "scale"}, "x": decode_clips(batch["x"], batch["scale"])}
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """``default_collate`` of dataset items; stored clips of different dtypes in one batch (int8 and float16
+    runs mixed) are scaled to float32 first (still in the stored order), with unit scales."""
+    if len({item["x"].dtype for item in items if "scale" in item}) > 1:
+        items = [{**item, "x": _scaled(item["x"], item["scale"]), "scale": torch.ones_like(item["scale"])}
+                 if "scale" in item else item for item in items]
+    return default_collate(items)
 
 
 def clip_tensor(store: Store, run_id: str, start: int, length: int) -> torch.Tensor:
-    """Frames [start, start + length) of a run as model input (1, X, Y, Z, T)."""
-    clip = store.read_clip(run_id, start, length)  # (T, X, Y, Z)
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, 0, -1)))[None]
+    """Frames [start, start + length) of a run as float32 model input (1, X, Y, Z, T)."""
+    return decode_clips(*stored_clip(store, run_id, start, length))
 
 
 class EventClipDataset(Dataset):
@@ -112,7 +151,8 @@ class EventClipDataset(Dataset):
     Events are looked up next to the run's source file and under ``events_roots`` (a raw BIDS dataset),
     matched by subject, session, task and run. Only clips wholly inside one condition's block are kept
     (see :mod:`neurostorm.data.events`); conditions in ``exclude`` are dropped. Classes come from every run
-    of the store, so all splits share one class index. Items as :class:`ClipDataset`, ``y`` per clip.
+    of the store, so all splits share one class index. Items as :class:`ClipDataset` (stored bytes with
+    ``scale``), ``y`` per clip.
     """
 
     def __init__(self, store: Store | str, subjects: Sequence[str] | None = None, sequence_length: int = 40,
@@ -142,7 +182,8 @@ class EventClipDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict:
         record, start, condition = self.clips[item]
-        return {"x": clip_tensor(self.store, record["run_id"], start, self.sequence_length),
+        x, scale = stored_clip(self.store, record["run_id"], start, self.sequence_length)
+        return {"x": x, "scale": scale,
                 "subject": str(record["subject"]), "run_id": record["run_id"], "start": start,
                 "y": torch.tensor(self.classes.index(condition), dtype=torch.long)}
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from numcodecs import Zstd
 from zarr.storage import FsspecStore, LocalStore
 
 from neurostorm.data.files import filesystem, is_url, owned_temporary
 
 SHARD_FRAMES = 20
+ZSTD = Zstd()  # decodes any zstd frame, whatever level wrote it
 OPEN_ERRORS = (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError)  # a run group missing or broken
 
 
@@ -140,6 +142,87 @@ def open_run(location: str, run_id: str) -> zarr.Group:
     url = f"{location}/runs/{run_id}.zarr"
     backend = FsspecStore.from_url(url, read_only=True) if is_url(url) else LocalStore(url, read_only=True)
     return zarr.open_group(backend, mode="r")
+
+
+class FrameReader:
+    """Reads frames of one run's ``bold`` as stored, with one ranged read per shard a clip touches.
+
+    A clip's frames are consecutive chunks of one or two shards, written in time order, so each shard's
+    part is one contiguous byte range: it is read at once and every frame's chunk is decompressed by the
+    codec straight into the output array (measured in ``benchmarks/data.py``: the loader then runs at about
+    two thirds of the codec's own rate, zarr's general read path at a third). Shard indexes are read once per
+    run. A layout other than the one :class:`RunWriter` writes (sharded chunks of one frame, zstd, index at
+    the end) is read through zarr, as is anything the fast path cannot parse.
+    """
+
+    MISSING = 2**64 - 1  # an index entry of a chunk never written (all fill value)
+
+    def __init__(self, location: str, run_id: str, group: zarr.Group) -> None:
+        self.bold = group["bold"]
+        self.fs, root = filesystem(location)
+        self.folder = f"{root}/runs/{run_id}.zarr/bold"
+        self.shard_frames = self._direct_layout(self.bold)
+        self._indexes: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _direct_layout(bold: zarr.Array) -> int | None:
+        """Frames per shard when ``bold`` has the layout the fast path reads, else None."""
+        meta = bold.metadata
+        codecs = getattr(meta, "codecs", ())
+        if len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec":
+            return None
+        sharding = codecs[0]
+        inner = [type(c).__name__ for c in sharding.codecs]
+        index = [type(c).__name__ for c in sharding.index_codecs]
+        if (inner != ["BytesCodec", "ZstdCodec"] or index != ["BytesCodec", "Crc32cCodec"]
+                or sharding.index_location.value != "end" or tuple(sharding.chunk_shape) != (1, *bold.shape[1:])
+                or getattr(meta.chunk_key_encoding, "separator", None) != "/"):
+            return None
+        return int(bold.shards[0])
+
+    def shard_path(self, shard: int) -> str:
+        return f"{self.folder}/c/{shard}/0/0/0"
+
+    def chunk_index(self, shard: int) -> np.ndarray | None:
+        """(frames per shard, 2) byte offset and length of each chunk; None for a shard never written."""
+        if shard not in self._indexes:
+            size = self.shard_frames * 16 + 4  # uint64 pairs, then the index's CRC32C
+            try:
+                tail = self.fs.cat_file(self.shard_path(shard), start=-size)
+            except FileNotFoundError:
+                return None
+            self._indexes[shard] = np.frombuffer(tail[:-4], dtype="<u8").reshape(self.shard_frames, 2)
+        return self._indexes[shard]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames [start, stop) as stored, (stop - start, X, Y, Z)."""
+        if self.shard_frames is None:
+            return np.asarray(self.bold[start:stop])
+        out = np.empty((stop - start, *self.bold.shape[1:]), dtype=self.bold.dtype)
+        frame = start
+        while frame < stop:
+            shard, first = divmod(frame, self.shard_frames)
+            last = min(stop, (shard + 1) * self.shard_frames)
+            index = self.chunk_index(shard)
+            part = out[frame - start:last - start]
+            if index is None:
+                part[...] = self.bold.metadata.fill_value
+            else:
+                self._read_shard(shard, index[first:first + last - frame], part)
+            frame = last
+        return out
+
+    def _read_shard(self, shard: int, entries: np.ndarray, out: np.ndarray) -> None:
+        written = entries[:, 0] != self.MISSING
+        out[~written] = self.bold.metadata.fill_value
+        if not written.any():
+            return
+        low = int(entries[written, 0].min())
+        high = int((entries[written, 0] + entries[written, 1]).max())
+        data = memoryview(self.fs.cat_file(self.shard_path(shard), start=low, end=high))
+        for k in np.flatnonzero(written):
+            offset, length = int(entries[k, 0]) - low, int(entries[k, 1])
+            ZSTD.decode(data[offset:offset + length], out=out[k])
 
 
 def completed_record(location: str | os.PathLike[str], run_id: str) -> dict | None:

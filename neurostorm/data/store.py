@@ -41,7 +41,7 @@ import zarr
 
 from neurostorm.data.files import TMP_MARK, filesystem, is_url, process_alive, put_bytes
 from neurostorm.data.manifest import read_manifest
-from neurostorm.data.runs import SHARD_FRAMES, open_run
+from neurostorm.data.runs import SHARD_FRAMES, FrameReader, open_run
 from neurostorm.errors import InputError
 from neurostorm.version import __version__
 
@@ -49,6 +49,11 @@ STORE_FORMAT = "neurostorm-store/2"
 READABLE_FORMATS = ("neurostorm-store/1", STORE_FORMAT)  # /1: the same runs, one manifest.parquet, no parts
 STALE_HOURS = 24.0
 _OWNED = re.compile(rf"{re.escape(TMP_MARK)}(?P<host>.+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{{12}})$")
+
+
+def decode_frames(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Stored frames (T, X, Y, Z) int8 or float16 and their scales (T,) → normalised float32 (T, X, Y, Z)."""
+    return values.astype(np.float32) * scale.astype(np.float32)[:, None, None, None]
 
 
 def data_summary(stores: list[Store]) -> dict:
@@ -169,6 +174,7 @@ class Store:
             raise InputError(self.location, "no store.json: not a neurostorm store")
         self.info = info
         self._runs: dict[str, zarr.Group] = {}
+        self._readers: dict[str, tuple[FrameReader, np.ndarray]] = {}
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
@@ -194,16 +200,47 @@ class Store:
     def n_frames(self, run_id: str) -> int:
         return int(self.run(run_id)["bold"].shape[0])
 
+    def read_stored(self, run_id: str, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [start, start + length) of a run as stored: values (length, X, Y, Z), int8 or float16, and
+        the per-frame scale (length,) float32 (ones for float16), so that value = stored × scale. Loaders move
+        these bytes, a quarter of float32's for int8; :func:`decode_frames` (or on a device
+        :func:`neurostorm.data.datasets.decoded`) makes the float32 clip."""
+        group = self.run(run_id)
+        reader, scales = self._reader(run_id)
+        stop = start + length
+        if start < 0 or stop > len(scales):
+            raise IndexError(f"{run_id}: frames [{start}, {stop}) outside 0..{len(scales)}")
+        try:
+            values = reader.read(start, stop)
+        except Exception as err:  # the codec's own error types differ (zstd, blosc, a truncated shard)
+            frame = self._unreadable_frame(group, start, stop)
+            raise InputError(f"{self.location}/runs/{run_id}.zarr",
+                             f"frame {frame} cannot be read ({type(err).__name__}: {err}); `neurostorm store "
+                             "check --data` lists the damaged runs, `preprocess` again rewrites them") from None
+        return values, scales[start:stop]
+
+    def _reader(self, run_id: str) -> tuple[FrameReader, np.ndarray]:
+        """The frame reader of a run and all its per-frame scales (T,) float32, ones for float16 (read once)."""
+        if run_id not in self._readers:
+            group = self.run(run_id)
+            scales = np.asarray(group["scale"][...], dtype=np.float32) if "scale" in group \
+                else np.ones(group["bold"].shape[0], dtype=np.float32)
+            self._readers[run_id] = (FrameReader(self.location, run_id, group), scales)
+        return self._readers[run_id]
+
+    @staticmethod
+    def _unreadable_frame(group: zarr.Group, start: int, stop: int) -> int:
+        """The first frame in [start, stop) whose chunk fails to decode (``start`` when each alone reads)."""
+        for frame in range(start, stop):
+            try:
+                group["bold"][frame]
+            except Exception:
+                return frame
+        return start
+
     def read_clip(self, run_id: str, start: int, length: int) -> np.ndarray:
         """Frames [start, start + length) of a run as normalised float32, shape (length, X, Y, Z)."""
-        group = self.run(run_id)
-        stop = start + length
-        if start < 0 or stop > group["bold"].shape[0]:
-            raise IndexError(f"{run_id}: frames [{start}, {stop}) outside 0..{group['bold'].shape[0]}")
-        frames = np.asarray(group["bold"][start:stop], dtype=np.float32)
-        if "scale" in group:
-            frames *= np.asarray(group["scale"][start:stop], dtype=np.float32)[:, None, None, None]
-        return frames
+        return decode_frames(*self.read_stored(run_id, start, length))
 
     def iter_frames(self, run_id: str, block: int = SHARD_FRAMES) -> Iterator[np.ndarray]:
         """All frames of a run, ``block`` at a time, each (≤block, X, Y, Z) float32."""

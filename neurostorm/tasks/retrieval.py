@@ -17,12 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.splits import load_or_make_split
@@ -33,12 +32,12 @@ from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import save_pretrained
 from neurostorm.tasks.base import TaskFamily
 from neurostorm.train.config import ExperimentConfig, OptimConfig
-from neurostorm.train.data import fit_to_model, over_clips, split_path, subjects_table
-from neurostorm.train.modules import adaptation_optim, make_optimizer, prepare_adaptation
+from neurostorm.train.data import fit_to_model, make_loader, over_clips, split_path, subjects_table
+from neurostorm.train.modules import ClipModule, adaptation_optim, make_optimizer, prepare_adaptation
 from neurostorm.train.trainer import initial_encoder, make_trainer
 
 
-class ContrastiveModule(L.LightningModule):
+class ContrastiveModule(ClipModule):
     """Encoder + embedding head trained contrastively: InfoNCE against image embeddings, or NT-Xent
     between two clips of a subject; temperature τ."""
 
@@ -84,10 +83,9 @@ class ContrastiveModule(L.LightningModule):
 
 
 def _fit(config: ExperimentConfig, run_dir: Path, module: ContrastiveModule, train: Dataset, val: Dataset) -> None:
-    b, workers = config.data.batch_size, config.data.num_workers
     trainer = make_trainer(config, run_dir, monitor="val_loss", mode="min", steps_per_epoch=module.steps_per_epoch)
-    trainer.fit(module, DataLoader(train, batch_size=b, shuffle=True, num_workers=workers, drop_last=len(train) > b),
-                DataLoader(val, batch_size=b, num_workers=workers), weights_only=True)
+    trainer.fit(module, make_loader(train, config, shuffle=True, drop_last=len(train) > config.data.batch_size),
+                make_loader(val, config), weights_only=True)
     best = trainer.checkpoint_callback.best_model_path
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
@@ -142,9 +140,8 @@ class RetrievalTask(TaskFamily):
             save_pretrained(encoder, run_dir / "model", preprocessing=store.preprocessing(),  # e.g. contrastive
                             training=data_summary([store]))
             embed = module
-        test = over_clips(embed, DataLoader(sets["test"], batch_size=data.batch_size, num_workers=data.num_workers))
-        queries = self.queries(config, test, lambda: over_clips(embed, DataLoader(sets["train"],
-                                                                                  batch_size=data.batch_size)),
+        test = over_clips(embed, make_loader(sets["test"], config))
+        queries = self.queries(config, test, lambda: over_clips(embed, make_loader(sets["train"], config)),
                                targets, store)
         task = {"kind": self.kind, "mode": config.mode, "train_seconds": time.perf_counter() - start,
                 "trainable_parameters": trainable}

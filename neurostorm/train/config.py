@@ -38,7 +38,9 @@ class DataConfig:
     stride: int | None = None  # between evaluation clips; default non-overlapping
     random_crop: bool = True  # training clips start at random frames
     batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes; None: none on a CPU, LOADER_WORKERS_ON_GPU on a GPU
+    prefetch_batches: int = 2  # batches each worker reads ahead
+    stall_share: float = 0.2  # warn when training waits on data for more than this share of an epoch's time
     split_file: str | None = None  # subject split (JSON); default RUN_DIR/split.json, reused when present
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     val_subjects_for_pretraining: float = 0.1  # share of subjects held out to measure reconstruction

@@ -8,6 +8,7 @@ only their manifest at start-up; runs are opened on first read.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,9 +17,9 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset
+from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset, collate_clips, decoded
 from neurostorm.data.files import write_json_atomic
 from neurostorm.data.harmonize import harmonize_splits
 from neurostorm.data.roi import rois_of_store
@@ -47,12 +48,31 @@ def split_path(config: ExperimentConfig, run_dir: Path) -> Path:
     return Path(config.data.split_file) if config.data.split_file else Path(run_dir) / "split.json"
 
 
+# loader processes per GPU when data.num_workers is not set: one worker reads about 60 base clips/s of an
+# int8 store (benchmarks/README.md, data suite), so 4 feed the ~250 clips/s of base-model training
+LOADER_WORKERS_ON_GPU = 4
+
+
+def make_loader(dataset: Dataset, config: ExperimentConfig, **options) -> DataLoader:
+    """A loader with the run's batch size and ``data.num_workers`` (kept alive between epochs; not set: none on
+    a CPU, :data:`LOADER_WORKERS_ON_GPU` or the cores but one on a GPU), batches of
+    stored clips (:func:`collate_clips`), in pinned host memory when training on a GPU so that the copy to
+    the device runs beside the step; ``options`` go to ``DataLoader`` (shuffle, sampler, generator, …)."""
+    on_gpu = config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    workers = config.data.num_workers
+    if workers is None:  # the CPU's cores train; a GPU's step needs the reads beside it
+        workers = min(LOADER_WORKERS_ON_GPU, max(1, (os.cpu_count() or 1) - 1)) if on_gpu else 0
+    return DataLoader(dataset, batch_size=config.data.batch_size, num_workers=workers, collate_fn=collate_clips,
+                      pin_memory=on_gpu, persistent_workers=workers > 0,
+                      prefetch_factor=config.data.prefetch_batches if workers else None, **options)
+
+
 @torch.inference_mode()
 def over_clips(fn, loader: DataLoader) -> dict[str, np.ndarray]:
-    """``fn(x)`` on every batch of a clip loader: {"output" (N, ...), "subject", "run_id", "start", "y"};
-    ``y`` is NaN where the dataset has no labels."""
+    """``fn(x)`` on every batch of a clip loader, its stored clips decoded to float32 (:func:`decoded`):
+    {"output" (N, ...), "subject", "run_id", "start", "y"}; ``y`` is NaN where the dataset has no labels."""
     columns: dict[str, list] = {"output": [], "subject": [], "run_id": [], "start": [], "y": []}
-    for batch in loader:
+    for batch in map(decoded, loader):
         columns["output"].append(fn(batch["x"]).float().numpy())
         columns["subject"] += list(batch["subject"])
         columns["run_id"] += list(batch["run_id"])
@@ -168,9 +188,8 @@ class LabelledClips(L.LightningDataModule):
         return train.targets()
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.config.data.batch_size, shuffle=shuffle,
-                          num_workers=self.config.data.num_workers, persistent_workers=self.config.data.num_workers > 0,
-                          generator=self.generator if name == "train" else None)
+        return make_loader(self.datasets[name], self.config, shuffle=shuffle,
+                           generator=self.generator if name == "train" else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -243,17 +262,14 @@ class PretrainClips(L.LightningDataModule):
     def mean_intensity(self, img_size: tuple[int, int, int], clips: int = 8) -> float:
         """Mean voxel value of ``clips`` training clips spread evenly over the training set."""
         picks = np.linspace(0, len(self.train_set) - 1, min(clips, len(self.train_set))).astype(int)
-        return float(np.mean([fit_to_model(self.train_set[int(i)]["x"][None], img_size).mean() for i in picks]))
+        return float(np.mean([fit_to_model(decoded(self.train_set[int(i)])["x"][None], img_size).mean()
+                              for i in picks]))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.config.data.batch_size, sampler=self.sampler,
-                          num_workers=self.config.data.num_workers, drop_last=False, generator=self.generator)
+        return make_loader(self.train_set, self.config, sampler=self.sampler, generator=self.generator)
 
     def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=self.config.data.batch_size,
-                          num_workers=self.config.data.num_workers)
+        return [] if self.val_set is None else make_loader(self.val_set, self.config)
 
 
 def pool_factor(size: tuple[int, ...], img_size: tuple[int, ...]) -> int | None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostorm.data.augment import augment
+from neurostorm.data.datasets import decoded
 from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.evaluation.target import Target
 from neurostorm.models.lora import lora_tuning
@@ -51,7 +52,16 @@ def make_optimizer(module: L.LightningModule, optim: OptimConfig, steps_per_epoc
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class PretrainModule(L.LightningModule):
+class ClipModule(L.LightningModule):
+    """A LightningModule fed by clip loaders: their stored clips (int8 or float16 with per-frame scales) are
+    decoded to float32 input after Lightning has moved the batch to the module's device, so the bytes that
+    cross are the stored ones."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return decoded(batch) if isinstance(batch, dict) else batch
+
+
+class PretrainModule(ClipModule):
     """STORM masked reconstruction with augmentation; validation also reports the loss of predicting each
     clip's mean, the floor a useful model must beat."""
 
@@ -128,7 +138,7 @@ def prepare_adaptation(config: ExperimentConfig, encoder: nn.Module, head: nn.Mo
         print(lora_tuning(encoder, head, config.lora_rank, config.lora_alpha, config.lora_targets))
 
 
-class AdaptModule(L.LightningModule):
+class AdaptModule(ClipModule):
     """Encoder (any model with ``encode`` and ``out_dim``) + head trained on a label (``target``): BCE for two
     classes, cross-entropy for K, MSE on standardised targets for values. Collects per-clip outputs of val/test for
     per-subject metrics. ``refit_head``: called before each validation (not the sanity check) to refit a

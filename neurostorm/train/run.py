@@ -44,7 +44,15 @@ from neurostorm.models.weights import (
     save_pretrained,
 )
 from neurostorm.train.config import ExperimentConfig, load_config
-from neurostorm.train.data import LabelledClips, PretrainClips, check_stores_fit, fit_to_model, over_clips, sites_of
+from neurostorm.train.data import (
+    LabelledClips,
+    PretrainClips,
+    check_stores_fit,
+    fit_to_model,
+    make_loader,
+    over_clips,
+    sites_of,
+)
 from neurostorm.train.modules import AdaptModule, PretrainModule, adaptation_optim, prepare_adaptation
 from neurostorm.train.pooling import RunPooling, RunSeries, run_series
 from neurostorm.train.probe import fit_head_scale, linear_probe
@@ -200,7 +208,7 @@ def evaluate(run_dir: str | Path) -> dict:
 
 def _all_clips(config: ExperimentConfig, path: str) -> DataLoader:
     dataset = ClipDataset(path, sequence_length=config.data.sequence_length, stride=config.data.stride)
-    return DataLoader(dataset, batch_size=config.data.batch_size, num_workers=config.data.num_workers)
+    return make_loader(dataset, config)
 
 
 def embed(config: ExperimentConfig, out_dir: str | Path) -> Path:

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from neurostorm.errors import InputError
 from neurostorm.models import build_model
@@ -96,6 +97,44 @@ class SampleRecord(Callback):
         (self.folder / f"rank{trainer.global_rank}.weights").write_text(f"{total:.17g}\n")
 
 
+class DataWait(Callback):
+    """How long training waits on its loader: the time from one step's end to the next one's start (Lightning
+    fetches the batch and copies it to the device in between) as a share of the epoch's training time. On a
+    GPU a share above ``stall_share`` is warned about once per epoch: the loader, not the model, sets the
+    pace (on a CPU the reads share the model's cores, and the share says less). Timings stay out of the
+    run's logs, which a resumed run reproduces exactly."""
+
+    MIN_STEPS = 10  # fewer steps (the first one waits for the workers to start) say nothing
+
+    def __init__(self, stall_share: float) -> None:
+        self.stall_share = stall_share
+        self.waited = self.stepped = 0.0
+        self.steps, self.last = 0, 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.waited = self.stepped = 0.0
+        self.steps, self.last = 0, time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.waited += now - self.last
+        self.last = now
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.stepped += now - self.last
+        self.steps, self.last = self.steps + 1, now
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not self.steps:
+            return
+        share = self.waited / max(1e-9, self.waited + self.stepped)
+        if module.device.type == "cuda" and self.steps >= self.MIN_STEPS and share > self.stall_share:
+            rank_zero_warn(f"epoch {trainer.current_epoch}: training waited on data {share:.0%} of the time "
+                           f"(over data.stall_share {self.stall_share:.0%}): raise data.num_workers (benchmarks/"
+                           "README.md says how many a rate needs) or data.prefetch_batches")
+
+
 class ScanReport(Callback):
     """Says which selective scan the model runs on which device, once training starts: on the console (with
     progress on) and in the run's hyper-parameter log (``logs/hparams.yaml``, TensorBoard); refuses a
@@ -130,7 +169,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, monitor: str | None, m
         loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(run_dir / "logs"), name=run_dir.name))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1 if monitor else 0, enable_version_counter=False)
-    callbacks = [checkpoint, RandomState(), ScanReport(), FlushLogs()]
+    callbacks = [checkpoint, RandomState(), ScanReport(), DataWait(config.data.stall_share), FlushLogs()]
     callbacks += [SampleRecord(run_dir / "samples")] if t.record_samples else []
     return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                      precision=t.precision, max_epochs=o.epochs, accumulate_grad_batches=o.accumulate_grad_batches,

@@ -3,10 +3,10 @@
 simulate → preprocess (4 mm grid; one store each for resting, task and image runs) → STORM
 pretraining of the tiny model on the resting runs → for every task family, one ``compare`` table:
 training from scratch, full fine-tuning, prompt tuning and a linear probe of the pretrained encoder (per
-clip, and with attention pooling over each run's clips for subject labels), and the FC + linear
-baseline → ``report.md`` (a table per family with 95 % CIs, paired differences, figures, trained
-parameters, seconds, the command of every row) and ``metrics.json``. Every step is an ordinary
-CLI run whose folder stays under OUT for inspection.
+clip, and with attention pooling over each run's clips for subject labels), an attentive probe over each
+clip's tokens, and the FC + linear baseline → ``report.md`` (a table per family with 95 % CIs, paired
+differences, figures, trained parameters, seconds, the command of every row) and ``metrics.json``. Every
+step is an ordinary CLI run whose folder stays under OUT for inspection.
 
 The quick demo cross-validates every family (3 folds, a site each) so every subject is tested once; the
 default demo adds a label-efficiency curve and a leave-site-out table (with and without ComBat) for age.
@@ -51,9 +51,12 @@ METHODS = {"scratch": "neurostorm-tiny", "full fine-tuning": "neurostorm-tiny@{p
            "prompt tuning": "neurostorm-tiny@{pretrained}:prompt", "linear probe": "neurostorm-tiny@{pretrained}:probe",
            # the run-level pooling with the best validation score in benchmarks/pooling.py (subject labels only)
            "probe + attention pooling": "neurostorm-tiny@{pretrained}:probe+clip_attention",
+           # a learned query over the last stage's tokens of each clip, its learning rate and weight decay chosen on
+           # the validation subjects (benchmarks/frozen.py; families with a label head over clips only)
+           "attentive probe": "neurostorm-tiny@{pretrained}:probe+attention",
            "FC + linear": "fc-linear"}
 PAIRS = [("full fine-tuning", "scratch"), ("prompt tuning", "full fine-tuning"), ("full fine-tuning", "FC + linear"),
-         ("probe + attention pooling", "FC + linear")]
+         ("probe + attention pooling", "FC + linear"), ("attentive probe", "linear probe")]
 SIZES = {"quick": DemoSize(subjects=16, frames=24, task_frames=40, pretrain_epochs=2, pretrain_clips=32, epochs=1,
                            methods=("scratch", "full fine-tuning", "FC + linear"), cv_folds=3),
          "default": DemoSize(subjects=48, frames=24, task_frames=48, pretrain_epochs=3, pretrain_clips=200, epochs=2,
