@@ -7,13 +7,15 @@ A synthetic whole-brain int16 run on the FSL MNI152 2 mm grid (TR 0.72 s, like H
   run onto the same grid (no masking, normalisation, TR resampling or storage): seconds and peak RSS;
 - ``data-codec-ceiling``: the codec alone decompressing the int8 store's chunks from bytes in memory, one
   process — the most one loader worker could read;
+- ``data-read-one-process``: the store's reads of random clips in one process, without a loader;
 - ``data-loader-per-worker``: base-size clips (96³ × 20 frames, the stored int8 bytes as training receives
   them) in random order through a ``DataLoader`` with one worker, cold (the store's pages evicted from the
   page cache first) and warm; ``ratio`` = its warm clips/s over the ceiling; ``read-clips-2workers`` the
   same with two, ``ratio`` = cold clips/s over the clips/s the base encoder trains at (forward+backward,
   batch 1, from the encoder suite);
-- ``data-sustained-<rate>`` for 100, 250 and 1,000 clips/s: the workers that rate needs at the measured
-  per-worker rate (capped at this machine's cores), and a consumer taking batches of 8 at that rate from
+- ``data-sustained-<rate>`` for 100, 250 and 1,000 clips/s, and for a rate this machine can feed (80 % of
+  what its cores but one read): the workers that rate needs at the measured per-worker rate (capped at
+  this machine's cores), and a consumer taking batches of 8 at that rate from
   them: clips/s achieved, the share of batches it waited for, peak host memory of it and its workers.
 """
 
@@ -140,6 +142,22 @@ def measure_codec_ceiling(store: str) -> dict:
                   compressed_mib_per_clip=sum(len(c) for c in chunks) / len(chunks) * CLIP_FRAMES / 2**20)
 
 
+def measure_store_reads(store: str, clips: int) -> dict:
+    """``Store.read_stored`` of random-order clips in this process, no loader: what the read itself costs
+    beside the codec (ranged shard reads, index lookups, Python per clip)."""
+    import time
+
+    dataset, order = _clip_order(store, clips)
+    baseline = rss_mib()
+    dataset[order[0]]  # the run's shard indexes and scales, read once per run
+    start = time.perf_counter()
+    for item in order:
+        dataset[item]
+    seconds = time.perf_counter() - start
+    return record("data-read-one-process", [clips, 1, CLIP_FRAMES, 96, 96, 96], seconds, baseline,
+                  clips_per_s=clips / seconds)
+
+
 def measure_reads(store: str, clips: int, workers: int) -> dict:
     """Random-order clips through a ``DataLoader`` with ``workers`` processes, cold (the store's pages evicted)
     and warm: the stored bytes as training gets them (:func:`neurostorm.train.data.make_loader`'s collate)."""
@@ -234,19 +252,24 @@ def run(quick: bool, workdir: Path, encoder_clips_per_s: float | None) -> list[d
                         "ratio_means": "times the seconds of a plain nilearn reslice"})
     store, clips = str(workdir / "store-int8"), 32 if quick else 96
     ceiling = run_child("data", "measure_codec_ceiling", store)
+    one_process = run_child("data", "measure_store_reads", store, clips)
     per_worker = run_child("data", "measure_reads", store, clips, 1)
-    if "error" not in ceiling and "error" not in per_worker:
+    if "error" not in ceiling:
+        one_process = {**one_process, "ratio": one_process["clips_per_s"] / ceiling["clips_per_s"],
+                       "ratio_means": "clips/s read in one process, no loader / the codec's clips/s"}
         per_worker = {**per_worker, "ratio": per_worker["clips_per_s"] / ceiling["clips_per_s"],
                       "ratio_means": "warm clips/s of one loader worker / the codec's clips/s"}
     reads = run_child("data", "measure_reads", store, clips, 2)
     if encoder_clips_per_s and "error" not in reads:
         reads = {**reads, "ratio": reads["clips_per_s_cold"] / encoder_clips_per_s,
                  "ratio_means": "cold clips/s read / base encoder training clips/s"}
-    results += [ceiling, per_worker, reads]
+    results += [ceiling, one_process, per_worker, reads]
     cores = os.cpu_count() or 1
-    for rate in RATES:
+    # the GPU rates, and one this machine can feed (80 % of what its cores but one read) to show a fed consumer
+    within_reach = int(0.8 * per_worker["clips_per_s"] * max(1, cores - 1)) if "error" not in per_worker else 10
+    for rate in (*RATES, within_reach):
         needed = math.ceil(rate / per_worker["clips_per_s"]) if "error" not in per_worker else cores
-        workers = max(1, min(needed, cores))
+        workers = max(1, min(needed, cores - 1 if rate == within_reach else cores))
         row = run_child("data", "measure_sustained", store, rate, workers, 12 if quick else 40, 8)
         if "error" not in row:
             row = {**row, "workers_needed": needed, "ratio": row["clips_per_s"] / rate,

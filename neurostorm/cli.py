@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -61,9 +62,32 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     print(f"store {args.out}: {len(result.records)} runs, {subjects} subjects, {frames} frames "
           f"({len(result.processed)} preprocessed, {len(result.skipped)} already done, "
           f"{len(result.failures)} failed)")
+    if args.shard and not args.no_report:
+        print(f"report: once every shard is done, `neurostorm report {args.out} --out DIR` writes the quality report")
+    elif not args.no_report and result.records:
+        _store_report(args.out, Path(args.out) / "report", args.workers, args.dask)
     for failure in result.failures:
         print(f"neurostorm preprocess: {failure}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def _store_report(store: str, out: Path, workers: int, dask: str | None) -> None:
+    from neurostorm.data.files import is_url
+    from neurostorm.data.qc_report import flags_of, write_store_report
+
+    if is_url(str(out)):
+        print(f"report: not written into {store} (a URL): run `neurostorm report {store} --out DIR`")
+        return
+    index = write_store_report(store, out, workers=workers, dask=dask)
+    runs = json.loads((out / "qc.json").read_text())
+    named = [r["run_id"] for r in runs if flags_of(r)]
+    print(f"report: {index} ({len(named)} of {len(runs)} runs flagged{': ' + ', '.join(named[:5]) if named else ''}"
+          f"{' …' if len(named) > 5 else ''})")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _store_report(args.store, Path(args.out), args.workers, args.dask)
+    return 0
 
 
 def _preprocessing_of_model(model: str, chosen: dict) -> dict:
@@ -336,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--min-frames", type=int, default=20, help="refuse runs shorter than this (one clip)")
     pre.add_argument("--non-mni", choices=("error", "warn"), default="error",
                      help="what to do with data that does not look like whole-brain MNI152")
+    pre.add_argument("--no-report", action="store_true",
+                     help="skip the HTML quality report written to STORE/report at the end")
+
+    rep = add("report", "HTML quality report of a store: a sortable table of runs with QC flags, a page per run",
+              _cmd_report)
+    rep.add_argument("store", metavar="STORE", help="a store folder or URL")
+    rep.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and runs/*.html")
+    rep.add_argument("--workers", type=int, default=1, help="runs measured in parallel on this machine")
+    rep.add_argument("--dask", default=None, metavar="local:N|ADDRESS",
+                     help="measure each run as a task on a Dask cluster: local:N worker processes or a scheduler "
+                          "address")
 
     roi = add("roi", "ROI time series and functional connectivity from a store", _cmd_roi)
     roi.add_argument("store", metavar="STORE", help="a store written by neurostorm preprocess")

@@ -199,7 +199,7 @@ def snapshot(path: Path) -> str | list[Path] | None:
 
 
 def run_cli(capsys, *args) -> tuple[int, list[str], list[str]]:
-    code = main(["preprocess", "--quiet", *map(str, args)])
+    code = main(["preprocess", "--quiet", "--no-report", *map(str, args)])
     err = capsys.readouterr().err.splitlines()
     return code, [line for line in err if not line.startswith("warning:")], [line for line in err
                                                                                if line.startswith("warning:")]
@@ -295,7 +295,7 @@ def test_sigkill_mid_write_then_resume(cohort, store_4mm, tmp_path, workers):
     with the same bytes as a clean run."""
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet",
-               "--grid", GRID, "--workers", str(workers)]
+               "--no-report", "--grid", GRID, "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -309,7 +309,7 @@ def test_sigkill_mid_write_then_resume(cohort, store_4mm, tmp_path, workers):
     for path in (out / "runs").glob("*.zarr"):
         assert completed_record(out, path.name.removesuffix(".zarr")) is not None  # only complete runs are named
 
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID,
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--no-report", "--grid", GRID,
                  "--workers", str(workers)]) == 0
     assert not list((out / "runs").glob(".*tmp-*"))
     clean, resumed = Store(store_4mm), Store(out)
@@ -326,7 +326,7 @@ def test_a_stopped_job_says_so_in_one_line_and_resumes(cohort, store_4mm, tmp_pa
     finishes with nothing of the stopped job left."""
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "neurostorm.cli", "preprocess", str(cohort), "--out", str(out), "--quiet",
-               "--grid", GRID, "--workers", str(workers)]
+               "--no-report", "--grid", GRID, "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 120
@@ -340,7 +340,7 @@ def test_a_stopped_job_says_so_in_one_line_and_resumes(cohort, store_4mm, tmp_pa
                                "before it are complete in the store and none is partial")
     for path in (out / "runs").glob("*.zarr"):  # a run under its own name is complete (a temporary may remain)
         assert completed_record(out, path.name.removesuffix(".zarr")) is not None
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID,
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--no-report", "--grid", GRID,
                  "--workers", str(workers)]) == 0
     assert_no_partial_run(out)  # the rerun removed what the stopped job left
     assert Store(out).manifest["run_id"].tolist() == Store(store_4mm).manifest["run_id"].tolist()

@@ -43,7 +43,10 @@ def test_simulate_preprocess_roi_flow(tmp_path, capsys):
                  "--orientation", "LAS", "--quiet"]) == 0
     assert main(["preprocess", str(bids), "--out", str(store), "--tr", "keep", "--min-frames", "10",
                  "--quiet"]) == 0
-    assert "3 runs, 3 subjects, 36 frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 runs, 3 subjects, 36 frames" in printed
+    assert f"report: {store / 'report' / 'index.html'} (" in printed  # the quality report, unless --no-report
+    assert len(list((store / "report" / "runs").glob("*.html"))) == 3
     assert main(["roi", str(store), "--atlas", "seitzman300", "--out", str(roi), "--quiet"]) == 0
     assert (roi / "fc.npz").exists()
     assert build_parser().parse_args(["atlases"]).command == "atlases"
@@ -98,7 +101,8 @@ def test_preprocess_like_a_model_uses_the_preprocessing_saved_with_its_weights(c
                 "params": {"tr": 1.6, "normalization": "minmax", "storage": "float16"}}
     model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "model", preprocessing=recorded)
     run = sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[0]
-    assert main(["preprocess", str(run), "--out", str(tmp_path / "store"), "--like", str(model), "--quiet"]) == 0
+    assert main(["preprocess", str(run), "--out", str(tmp_path / "store"), "--like", str(model), "--quiet",
+                 "--no-report"]) == 0
     assert "preprocessing as" in capsys.readouterr().out
     store_info = json.loads((tmp_path / "store" / "store.json").read_text())
     assert store_info["grid"]["name"] == "mni152-fsl-4mm-48"
@@ -120,13 +124,14 @@ def test_fill_floor_is_checked_and_followed_by_like(cohort, tmp_path, capsys):
     from neurostorm.data.store import Store
 
     run = str(sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[0])
-    assert main(["preprocess", run, "--out", str(tmp_path / "bad"), "--fill-floor", "1", "--quiet"]) == 2
+    assert main(["preprocess", run, "--out", str(tmp_path / "bad"), "--fill-floor", "1", "--quiet", "--no-report"]) == 2
     assert "fill_floor must be a negative z value" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     grid = {"name": "mni152-fsl-4mm-48", "shape": [48, 48, 48]}
     floored = {"grid": grid, "params": {"tr": 0.8, "normalization": "zscore", "storage": "int8", "fill_floor": -3.0}}
     model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "floored", preprocessing=floored)
-    assert main(["preprocess", run, "--out", str(tmp_path / "store"), "--like", str(model), "--quiet"]) == 0
+    assert main(["preprocess", run, "--out", str(tmp_path / "store"), "--like", str(model), "--quiet",
+                 "--no-report"]) == 0
     assert json.loads(Store(tmp_path / "store").manifest["params"].iloc[0])["fill_floor"] == -3.0
     reference = {"grid": grid, "params": {"tr": 0.8, "normalization": "zscore", "storage": "int8"}}
     model = save_pretrained(build_model("neurostorm-tiny", embed_dim=8), tmp_path / "ref", preprocessing=reference)

@@ -26,7 +26,7 @@ from neurostorm.errors import InputError
 from .test_bad_input import kill_job
 
 GRID = "mni152-fsl-4mm-48"  # what is checked here holds on every grid; the 4 mm one is quicker to write
-COMMAND = [sys.executable, "-m", "neurostorm.cli", "preprocess", "--quiet", "--grid", GRID]
+COMMAND = [sys.executable, "-m", "neurostorm.cli", "preprocess", "--quiet", "--no-report", "--grid", GRID]
 BOOKKEEPING = ["written_at"]  # the one manifest column that differs between two writes of the same run
 
 
@@ -70,12 +70,12 @@ def test_shards_and_selection_build_the_single_job_store(cohort, store_4mm, tmp_
     """Three array jobs by --shard, labels checked against the whole cohort, give the single job's store."""
     out = tmp_path / "sharded"
     for index in (1, 2, 3):
-        assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID, "--shard",
+        assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--no-report", "--grid", GRID, "--shard",
                      f"{index}/3"]) == 0
     same_store(out, store_4mm)
     picked = tmp_path / "picked"  # participants.tsv lists all six: the other four are not "unknown subjects"
-    assert main(["preprocess", str(cohort), "--out", str(picked), "--quiet", "--grid", GRID, "--participant-label",
-                 "02", "05"]) == 0
+    assert main(["preprocess", str(cohort), "--out", str(picked), "--quiet", "--no-report", "--grid", GRID,
+                 "--participant-label", "02", "05"]) == 0
     assert Store(picked).manifest["subject"].tolist() == ["02", "05"]
     assert Store(picked).manifest["sex"].notna().all()
 
@@ -121,7 +121,8 @@ def test_a_killed_job_leaves_the_other_jobs_work_intact(cohort, store_4mm, tmp_p
     assert any("stale" in note for note in check.notes)  # the victim's temporary: its writer is gone
     assert main(["store", "compact", str(out)]) == 0
     assert not list((out / "runs").glob(".*"))
-    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--grid", GRID]) == 0  # the victim's job
+    assert main(["preprocess", str(cohort), "--out", str(out), "--quiet", "--no-report",
+                 "--grid", GRID]) == 0  # the victim's job
     same_store(out, store_4mm)
 
 
@@ -187,7 +188,7 @@ def test_dask_local_cluster_store_equals_the_worker_processes_store(cohort, tmp_
     by_workers = preprocess([cohort], tmp_path / "workers", PreprocessConfig(grid=GRID), workers=2,
                             progress=False)
     assert main(["preprocess", str(cohort), "--out", str(tmp_path / "dask"), "--grid", GRID,
-                 "--quiet", "--dask", "local:2"]) == 0
+                 "--quiet", "--no-report", "--dask", "local:2"]) == 0
     assert len(by_workers.processed) == 6
     same_store(tmp_path / "dask", tmp_path / "workers")
     extract_rois(str(tmp_path / "dask"), "power264", tmp_path / "roi-1", progress=False)

@@ -28,7 +28,7 @@ def finetune(store, out, *overrides) -> int:
 def test_a_one_subject_store_is_one_line(cohort, tmp_path, capsys):
     run = sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[0]
     store = tmp_path / "one"
-    assert main(["preprocess", str(run), "--out", str(store), "--grid", "mni152-fsl-4mm-48", "--quiet",
+    assert main(["preprocess", str(run), "--out", str(store), "--grid", "mni152-fsl-4mm-48", "--quiet", "--no-report",
                  "--labels", str(cohort / "participants.tsv"), "--labels-policy", "lenient"]) == 0
     capsys.readouterr()
     assert finetune(store, tmp_path / "run") == 2

@@ -23,11 +23,13 @@ class _Labelled:
     """
 
     def _select_runs(self, manifest: pd.DataFrame, subjects: Sequence[str] | None, label: str | None,
-                     task: str) -> pd.DataFrame:
-        """Set up the labels from ``manifest``; return the runs of ``subjects`` that have a label."""
+                     task: str, runs: set[str] | None = None) -> pd.DataFrame:
+        """Set up the labels from ``manifest``; return the runs of ``subjects`` (and of ``runs`` when given)
+        that have a label."""
         self.label = label
         self.classes: list[str] | None = None
         rows = manifest if subjects is None else manifest[manifest["subject"].astype(str).isin(set(subjects))]
+        rows = rows if runs is None else rows[rows["run_id"].isin(runs)]
         kept = [c for c in ("run_id", "subject", "n_frames", label) if c in manifest.columns]
         rows = rows[kept]  # what items need: a 50,000-run manifest's other columns stay out of every split
         if label is None:
@@ -226,12 +228,13 @@ def check_connectomes(matrices: np.ndarray, run_ids: list[str], source: Path) ->
 
 
 class FCDataset(Dataset, _Labelled):
-    """Connectivity matrices (R, R) of one kind (``fisher_z``, ``pearson`` or ``partial``), one per run."""
+    """Connectivity matrices (R, R) of one kind (``fisher_z``, ``pearson`` or ``partial``), one per run (of
+    ``runs`` when given)."""
 
     def __init__(self, roi_dir: str | Path, subjects: Sequence[str] | None = None, label: str | None = None,
-                 kind: str = "fisher_z", task: str = "auto") -> None:
+                 kind: str = "fisher_z", task: str = "auto", runs: set[str] | None = None) -> None:
         root = Path(roi_dir)
-        self.runs = self._select_runs(pd.read_parquet(root / "manifest.parquet"), subjects, label, task)
+        self.runs = self._select_runs(pd.read_parquet(root / "manifest.parquet"), subjects, label, task, runs)
         with np.load(root / "fc.npz") as fc:
             if kind not in fc:
                 raise KeyError(f"{root / 'fc.npz'} has no {kind!r} matrices (have {sorted(fc.files)})")

@@ -274,6 +274,11 @@ def repetition_time(source: RunSource, header: nib.Nifti1Header, override: float
     return header_tr
 
 
+def tr_origin(source: RunSource, override: float | None = None) -> str:
+    """Where :func:`repetition_time` reads the TR of ``source``: ``--input-tr``, ``sidecar`` or ``header``."""
+    return "--input-tr" if override is not None else "sidecar" if "RepetitionTime" in source.sidecar else "header"
+
+
 def _subject_key(value: object) -> str:
     text = str(value).strip()
     return text[4:] if text.startswith("sub-") else text

@@ -40,7 +40,7 @@ def _data_sha256(store: Store, run_id: str) -> str:
     return digest.finish(group["scale"][...] if "scale" in group else [])
 
 
-def _check_run(store: Store, row: dict, grid_shape: tuple[int, ...], data: bool) -> list[str]:
+def check_run(store: Store, row: dict, grid_shape: tuple[int, ...], data: bool) -> list[str]:
     run_id = row["run_id"]
     try:
         group = store.run(run_id)
@@ -81,7 +81,7 @@ def check_store(location: str, data: bool = False) -> StoreCheck:
     grid_shape = tuple(store.info["grid"]["shape"])
     result = StoreCheck(runs=len(store.manifest))
     for row in store.manifest.to_dict("records"):
-        result.problems += [f"{row['run_id']}: {problem}" for problem in _check_run(store, row, grid_shape, data)]
+        result.problems += [f"{row['run_id']}: {problem}" for problem in check_run(store, row, grid_shape, data)]
     fs, root = filesystem(location)
     listed = set(store.manifest["run_id"])
     rowless = [run_id for run_id in run_names(location) if run_id not in listed]

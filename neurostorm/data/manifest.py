@@ -39,11 +39,15 @@ def manifest_row(record: dict, labels: dict) -> dict:
     for column in _LIST_COLUMNS:
         if not isinstance(row.get(column), str):
             row[column] = json.dumps(row[column])
-    row["written_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    return row
+    return stamped(row)
 
 
-def _plain(value: object) -> object:
+def stamped(row: dict) -> dict:
+    """``row`` with ``written_at`` now: readers keep the newest row of a run."""
+    return {**row, "written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+
+
+def plain_value(value: object) -> object:
     """A JSON-ready value: numpy scalars as Python numbers, NaN as null."""
     value = value.item() if hasattr(value, "item") else value
     return None if isinstance(value, float) and value != value else value
@@ -51,7 +55,7 @@ def _plain(value: object) -> object:
 
 def write_part(location: str, row: dict) -> None:
     """Publish one run's manifest row as its own part (JSON: a thousand parts read in a tenth of a second)."""
-    payload = json.dumps({k: _plain(v) for k, v in row.items()}).encode()
+    payload = json.dumps({k: plain_value(v) for k, v in row.items()}).encode()
     put_bytes(location, f"{PARTS}/{row['run_id']}.{uuid.uuid4().hex[:12]}.json", payload)
 
 

@@ -33,7 +33,15 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.files import is_url
 from neurostorm.data.grid import GRIDS, Grid, Reslicer, template_brain_mask
-from neurostorm.data.ingest import RunSource, discover, in_shard, read_labels, repetition_time, select_runs
+from neurostorm.data.ingest import (
+    RunSource,
+    discover,
+    in_shard,
+    read_labels,
+    repetition_time,
+    select_runs,
+    tr_origin,
+)
 from neurostorm.data.manifest import manifest_row, merge_if_idle, read_manifest, write_part
 from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.runs import RunWriter, completed_record
@@ -346,6 +354,7 @@ def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, chec
             "source_voxel_mm": [float(z) for z in run.img.header.get_zooms()[:3]],
             "source_orientation": "".join(nib.aff2axcodes(run.img.affine)),
             "exact_reslice": run.reslice.exact, "source_tr": run.tr_source, "tr": run.tr,
+            "tr_from": tr_origin(source, config.input_tr),
             "n_source_frames": int(run.shape[3]), "n_frames": run.n_frames,
             "mask_source": norm.mask_source, "n_brain_voxels": n_brain,
             "mni_overlap": norm.overlap, "mni_coverage": norm.coverage,

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.files import replaced_atomically, write_json_atomic, write_npz_atomic, write_parquet_atomic
-from neurostorm.data.grid import Grid
 from neurostorm.data.parallel import TaskRunner
 from neurostorm.data.qc import plot_connectome
 from neurostorm.data.store import Store
@@ -105,9 +104,7 @@ def extract_rois(store_location: str, atlas_name: str, out: str | Path, partial:
     Runs go to ``workers`` local processes or to the Dask cluster ``dask`` (see :mod:`neurostorm.data.parallel`).
     """
     store = Store(store_location)
-    grid_info = store.info["grid"]
-    grid = Grid(grid_info["name"], tuple(grid_info["shape"]), tuple(map(tuple, grid_info["affine"])))
-    atlas = load_atlas(atlas_name, grid, labels)
+    atlas = load_atlas(atlas_name, store.grid, labels)
     out = Path(out)
     run_ids = store.manifest["run_id"].tolist()
     with TaskRunner(workers, dask) as runner:  # a cluster that cannot be reached fails before any write

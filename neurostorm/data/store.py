@@ -30,6 +30,7 @@ import re
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +41,7 @@ import pandas as pd
 import zarr
 
 from neurostorm.data.files import TMP_MARK, filesystem, is_url, process_alive, put_bytes
+from neurostorm.data.grid import Grid
 from neurostorm.data.manifest import read_manifest
 from neurostorm.data.runs import SHARD_FRAMES, FrameReader, open_run
 from neurostorm.errors import InputError
@@ -79,7 +81,8 @@ def read_store_info(location: str) -> dict | None:
 
 
 # what a store folder holds besides temporaries (dot-names): a folder with anything else is not a store
-STORE_ENTRIES = ("store.json", "runs", "manifest.parquet", "manifest.d", "manifest.lock", "qc_orientation.png")
+STORE_ENTRIES = ("store.json", "runs", "manifest.parquet", "manifest.d", "manifest.lock", "qc_orientation.png",
+                 "report")
 
 
 def open_store_for_writing(location: str, grid: dict) -> None:
@@ -164,11 +167,14 @@ class Store:
     >>> clip = store.read_clip(run_id, start=0, length=20)   # (20, 96, 96, 96) float32
 
     Opening reads ``store.json``; the manifest is read on first use of :attr:`manifest`, a run on its first
-    read, so a worker that reads runs never loads the manifest.
+    read, so a worker that reads runs never loads the manifest. With ``exclude_flagged`` the manifest leaves
+    out the runs that ``neurostorm report`` flagged (its ``qc_flags`` column; training's
+    ``data.exclude_flagged``).
     """
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
+    def __init__(self, location: str | os.PathLike[str], exclude_flagged: bool = False) -> None:
         self.location = str(location).rstrip("/")
+        self.exclude_flagged = exclude_flagged
         info = read_store_info(self.location)
         if info is None:
             raise InputError(self.location, "no store.json: not a neurostorm store")
@@ -178,14 +184,32 @@ class Store:
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
-        """One row per run (see :mod:`neurostorm.data.manifest`)."""
-        return read_manifest(self.location)
+        """One row per run (see :mod:`neurostorm.data.manifest`); without the flagged runs when
+        ``exclude_flagged``."""
+        manifest = read_manifest(self.location)
+        if not self.exclude_flagged:
+            return manifest
+        if "qc_flags" not in manifest.columns:
+            raise InputError(self.location, "data.exclude_flagged: the store has no QC flags yet; run "
+                                            f"`neurostorm report {self.location} --out DIR` first")
+        flagged = manifest["qc_flags"].fillna("").astype(str) != ""
+        if flagged.any():
+            warnings.warn(f"{self.location}: {int(flagged.sum())} of {len(manifest)} runs left out as flagged by "
+                          f"the quality report (data.exclude_flagged): {', '.join(manifest.run_id[flagged][:5])}"
+                          f"{' …' if flagged.sum() > 5 else ''}", stacklevel=2)
+        return manifest[~flagged].reset_index(drop=True)
 
     def preprocessing(self) -> dict:
         """What weights trained on this store expect: its grid and the preprocessing parameters most of its
         runs were written with (saved with the weights; ``preprocess --like MODEL`` reuses them)."""
         params = self.manifest["params"].mode() if len(self.manifest) else []
         return {**self.info, "params": json.loads(params.iloc[0]) if len(params) else {}}
+
+    @property
+    def grid(self) -> Grid:
+        """The grid every run of the store lies on."""
+        info = self.info["grid"]
+        return Grid(info["name"], tuple(info["shape"]), tuple(map(tuple, info["affine"])))
 
     @property
     def grid_affine(self) -> np.ndarray:

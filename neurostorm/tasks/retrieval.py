@@ -32,7 +32,7 @@ from neurostorm.models.lora import merge_lora
 from neurostorm.models.weights import save_pretrained
 from neurostorm.tasks.base import TaskFamily
 from neurostorm.train.config import ExperimentConfig, OptimConfig
-from neurostorm.train.data import fit_to_model, make_loader, over_clips, split_path, subjects_table
+from neurostorm.train.data import fit_to_model, make_loader, open_store, over_clips, split_path, subjects_table
 from neurostorm.train.modules import ClipModule, adaptation_optim, make_optimizer, prepare_adaptation
 from neurostorm.train.trainer import initial_encoder, make_trainer
 
@@ -118,7 +118,7 @@ class RetrievalTask(TaskFamily):
         """Figures of a scored query table (none by default)."""
 
     def run(self, config: ExperimentConfig, run_dir: Path, checkpoint: Path | None = None) -> dict:
-        store = Store(config.data.stores[0].path)
+        store = open_store(config.data.stores[0].path, config)
         split = load_or_make_split(split_path(config, run_dir), subjects_table(store), config.data.split_fractions,
                                    config.trainer.seed)
         encoder, data = initial_encoder(config), config.data

@@ -50,6 +50,7 @@ class DataConfig:
     harmonize: str = "none"  # combat: ComBat of FC / frozen embeddings by site, fitted on train + val subjects
     atlas: str = "power264"  # connectome models: ROIs whose time series give the FC matrices
     roi_dir: str | None = None  # connectome models: ROI folder (reused, else extracted; default RUN_DIR/roi)
+    exclude_flagged: bool = False  # leave out runs the store's quality report flagged (`neurostorm report`)
 
     @property
     def val_share(self) -> float:

@@ -31,6 +31,11 @@ from neurostorm.models import model_input
 from neurostorm.train.config import ExperimentConfig
 
 
+def open_store(path: str, config: ExperimentConfig) -> Store:
+    """A store to train or evaluate on, without its flagged runs when ``data.exclude_flagged``."""
+    return Store(path, exclude_flagged=config.data.exclude_flagged)
+
+
 def subjects_table(store: Store) -> pd.DataFrame:
     return store.manifest.drop_duplicates("subject").astype({"subject": str})
 
@@ -48,9 +53,10 @@ def split_path(config: ExperimentConfig, run_dir: Path) -> Path:
     return Path(config.data.split_file) if config.data.split_file else Path(run_dir) / "split.json"
 
 
-# loader processes per GPU when data.num_workers is not set: one worker reads about 60 base clips/s of an
-# int8 store (benchmarks/README.md, data suite), so 4 feed the ~250 clips/s of base-model training
-LOADER_WORKERS_ON_GPU = 4
+# loader processes per GPU when data.num_workers is not set: one worker delivers about 55 base clips/s of an
+# int8 store (benchmarks data suite, data-loader-per-worker), so 6 feed the few hundred clips/s of base-model
+# training on one H100-class GPU (capped at the cores but one)
+LOADER_WORKERS_ON_GPU = 6
 
 
 def make_loader(dataset: Dataset, config: ExperimentConfig, **options) -> DataLoader:
@@ -91,7 +97,7 @@ class LabelledClips(L.LightningDataModule):
         self.config, self.run_dir, self.target = config, Path(run_dir), target
         if not config.data.stores:
             raise InputError("config", "data.stores is empty: give the store to train on")
-        self.store = Store(config.data.stores[0].path)
+        self.store = open_store(config.data.stores[0].path, config)
         split_file = split_path(config, self.run_dir)
         self.generator = torch.Generator().manual_seed(config.trainer.seed)  # training order; saved in checkpoints
         self.harmonization: dict | None = None  # data.harmonize: what was fitted, for the run's metrics
@@ -120,7 +126,8 @@ class LabelledClips(L.LightningDataModule):
         self.input = model_input(config.model.name)
         if self.input == "fc":
             self.roi_dir = rois_of_store(self.store.location, data.atlas, data.roi_dir or self.run_dir / "roi")
-            self.datasets = {name: FCDataset(self.roi_dir, self.split[name], label, task=kind)
+            runs = set(self.store.manifest["run_id"]) if data.exclude_flagged else None
+            self.datasets = {name: FCDataset(self.roi_dir, self.split[name], label, task=kind, runs=runs)
                              for name in ("train", "val", "test")}
             if data.harmonize == "combat":
                 self._harmonize_fc()
@@ -244,7 +251,7 @@ class PretrainClips(L.LightningDataModule):
         train_sets, val_sets = [], []
         held = data.val_subjects_for_pretraining
         for source in data.stores:
-            store = Store(source.path)
+            store = open_store(source.path, config)
             subjects = subjects_table(store)
             if held > 0 and len(subjects) >= 3:
                 split = make_split(subjects, (1 - held, held / 2, held / 2), seed)

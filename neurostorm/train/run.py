@@ -50,6 +50,7 @@ from neurostorm.train.data import (
     check_stores_fit,
     fit_to_model,
     make_loader,
+    open_store,
     over_clips,
     sites_of,
 )
@@ -238,7 +239,7 @@ def _run_embeddings(config: ExperimentConfig, encoder: NeuroSTORM) -> dict[str, 
         raise InputError("config", "pooling=clip_attention is learned with a task head: use it with mode=probe")
     series = RunSeries()
     for source in config.data.stores:
-        store = Store(source.path)
+        store = open_store(source.path, config)
         series.extend(run_series(encoder, store, store.manifest, config.data.sequence_length, config.data.stride,
                                  config.data.batch_size))
     if not series.run_ids:

@@ -24,11 +24,10 @@ import pandas as pd
 
 from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.splits import load_or_make_split
-from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.tasks import task_family
 from neurostorm.train.config import ExperimentConfig
-from neurostorm.train.data import subjects_table
+from neurostorm.train.data import open_store, subjects_table
 from neurostorm.workflows.compare import Method, compare, paired_differences
 
 
@@ -76,7 +75,7 @@ def label_efficiency(config: ExperimentConfig, methods: list[Method], out: str |
                                              "classification and regression")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    store = Store(config.data.stores[0].path)
+    store = open_store(config.data.stores[0].path, config)
     subjects = subjects_table(store).dropna(subset=[label]) if label in store.manifest else None
     if subjects is None:
         raise InputError(store.location, f"no label column {label!r} in the store")

@@ -28,7 +28,6 @@ from torch import nn
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.datasets import clip_tensor
 from neurostorm.data.files import write_csv_atomic, write_json_atomic
-from neurostorm.data.grid import Grid
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.train.config import ExperimentConfig, load_config
@@ -250,9 +249,7 @@ def explain(target: str | Path, out: str | Path, config: ExperimentConfig | None
     if not clips_by_subject:
         raise InputError(store.location, f"no run of the chosen subjects holds one clip of {length} frames")
     maps = attribute({s: models[tested_by[s]] for s in clips_by_subject}, classes, clips_by_subject, steps)
-    info = store.info["grid"]
-    grid = Grid(info["name"], tuple(info["shape"]), tuple(map(tuple, info["affine"])))
-    written = write_outputs(maps, store.grid_affine, load_atlas(atlas, grid), Path(out))
+    written = write_outputs(maps, store.grid_affine, load_atlas(atlas, store.grid), Path(out))
     top = pd.read_csv(written["rois"]).head(10)
     summary = {"model": str(folders[0]) if len(folders) == 1 else [str(f) for f in folders],
                "store": store.location, "task": task["kind"], "classes": classes,

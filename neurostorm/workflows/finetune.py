@@ -15,10 +15,10 @@ import pandas as pd
 
 from neurostorm.data.files import write_json_atomic
 from neurostorm.data.splits import site_split
-from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.tasks import TaskFamily, task_family
 from neurostorm.train.config import ExperimentConfig
+from neurostorm.train.data import open_store
 from neurostorm.train.trainer import check_model_init, nothing_left_if_refused, resume_path, start_run
 
 
@@ -87,7 +87,7 @@ def cross_validate(config: ExperimentConfig, run_dir: str | Path) -> dict:
     retrieval query ranked within its own fold)."""
     family = task_family(config.task.kind)
     run_dir = start_run(config, run_dir)
-    store = Store(config.data.stores[0].path)
+    store = open_store(config.data.stores[0].path, config)
     stratify = family.stratify_by(config)
     subjects = store.manifest.astype({"subject": str})
     if stratify:

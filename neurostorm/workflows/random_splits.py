@@ -24,14 +24,13 @@ import pandas as pd
 
 from neurostorm.data.files import write_csv_atomic
 from neurostorm.data.splits import random_splits
-from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.evaluation.scores import subject_metrics
 from neurostorm.evaluation.target import Target
 from neurostorm.models.linear import fit_linear, linear_outputs
 from neurostorm.tasks.base import TaskFamily
 from neurostorm.train.config import ExperimentConfig
-from neurostorm.train.data import subjects_table
+from neurostorm.train.data import open_store, subjects_table
 from neurostorm.train.probe import FIXED_FEATURES, SPLITS, read_split_features
 
 
@@ -60,7 +59,7 @@ def _draws(config: ExperimentConfig, family: TaskFamily, n_splits: int) -> list[
     """The draws: as many training subjects as the comparison's split trains and validates on (its split
     file, or the share ``data.split_fractions`` gives before it is made)."""
     label, split_file = config.task.label, Path(config.data.split_file or "")
-    table = subjects_table(Store(config.data.stores[0].path))
+    table = subjects_table(open_store(config.data.stores[0].path, config))
     if label not in table:
         raise InputError(config.data.stores[0].path, f"no label column {label!r} in the store")
     labels = table.dropna(subset=[label]).set_index("subject")[label]
