@@ -30,6 +30,9 @@ def test_quick_demo_writes_a_report_with_every_family(tmp_path, capsys):
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):  # every figure the report shows exists
         assert (out / image).stat().st_size > 10_000, image
     assert "| total |" in report and "FC + linear" in report
+    page = (out / "report.html").read_text()  # the same report for a browser, its figures inside
+    shown = len(re.findall(r"!\[[^\]]*\]\(", report))
+    assert page.count("<img src=\"data:image/png;base64,") == shown and "not found" not in page
 
 
 def test_leave_site_out_study_sets_each_method_beside_its_combat_twin(realistic_store, tmp_path):

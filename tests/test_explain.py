@@ -117,6 +117,9 @@ def test_explain_writes_maps_on_the_store_grid_tables_and_figures(state_run, tas
     assert len(pd.read_csv(out / "time_profile.csv")) == 8
     summary = json.loads((out / "explain.json").read_text())
     assert summary["clips"] == 2 and "background value" in summary["baseline"]
+    page = (out / "report.html").read_text()  # figures inside the page, the top ROIs in its table
+    assert page.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png")))
+    assert rois["name"].iloc[0] in page
     # the model folder alone, with the store named in overrides and chosen subjects
     assert main(["explain", str(state_run / "model"), "--config", "tiny", f"data.stores=[{task_store}]",
                  "data.sequence_length=8", "--subjects", "sub-00", "--clips", "1", "--steps", "2",

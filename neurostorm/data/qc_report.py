@@ -16,16 +16,15 @@ missing or cannot be read is listed with what ``neurostorm store check`` finds, 
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from neurostorm.data.files import is_url, replaced_atomically
+from neurostorm.data.files import is_url, write_json_atomic
+from neurostorm.data.html import data_uri, page, write_page
 from neurostorm.data.integrity import check_run
 from neurostorm.data.manifest import merge_if_idle, plain_value, stamped, write_part
 from neurostorm.data.parallel import TaskRunner
@@ -47,45 +46,6 @@ COLUMNS = [  # (manifest column or derived key, heading, format)
     ("mni_coverage", "template brain covered", "{:.1%}"), ("quantization_rmse", "quantisation RMSE", "{:.4f}"),
     ("qc_dvars_outliers", "DVARS outlier frames", "{:.1%}"),
 ]
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1400px}
-table{border-collapse:collapse;font-size:.9rem;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;white-space:nowrap}
-th{cursor:pointer;background:#f4f4f4;position:sticky;top:0;white-space:normal;vertical-align:bottom}
-tr.flagged td{background:#fff3e0} tr.unreadable td{background:#fde7e9}
-.flag{display:inline-block;background:#e65100;color:#fff;border-radius:3px;padding:0 .35rem;margin-right:.2rem}
-figure{margin:1rem 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
-dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.9rem} dt{font-weight:600}
-"""
-SORT_SCRIPT = """
-document.querySelectorAll('th').forEach((th, column) => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0];
-  const ascending = th.dataset.order !== 'asc'; th.dataset.order = ascending ? 'asc' : 'desc';
-  const key = row => { const cell = row.cells[column]; const v = cell.dataset.value ?? cell.textContent;
-                       const n = parseFloat(v); return isNaN(n) ? v : n; };
-  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1); }).forEach(row => body.appendChild(row));
-}));
-"""
-
-
-def _data_uri(path: Path) -> str:
-    kind = "image/svg+xml" if path.read_bytes()[:256].lstrip().startswith((b"<?xml", b"<svg")) else "image/png"
-    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-def _page(title: str, body: str, script: str = "") -> str:
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
-            f"<body>{body}{f'<script>{script}</script>' if script else ''}</body></html>")
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def confounds_file(source_path: str) -> Path | None:
     """fMRIPrep's confounds table beside a preprocessed run (``…_desc-confounds_timeseries.tsv``, or the
     older ``…_desc-confounds_regressors.tsv``), or None."""
@@ -141,7 +101,7 @@ def _figures(store: Store, measures: RunMeasures, row: dict, folder: Path) -> di
              confounds=pd.DataFrame(series), tr=float(row["tr"]), sort_carpet=False).plot(
         out_file=str(folder / "carpet.png"), fontsize=14)
     plt.close("all")
-    return {name: _data_uri(folder / file) for name, file in
+    return {name: data_uri(folder / file) for name, file in
             (("mean", "mean.svg"), ("tsnr", "tsnr.svg"), ("carpet", "carpet.png"))}
 
 
@@ -157,7 +117,7 @@ def report_run(location: str, row: dict, thresholds: QCThresholds, out: str) -> 
             figures = _figures(store, measures, row, Path(scratch))
     except Exception as err:  # a missing or damaged run is a row of the report, not its failure
         problem = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-        _write(Path(out) / "runs" / f"{row['run_id']}.html", _page(row["run_id"], (
+        write_page(Path(out) / "runs" / f"{row['run_id']}.html", page(row["run_id"], (
             f"<p><a href='../index.html'>all runs</a></p><h1>{html.escape(row['run_id'])}</h1>"
             f"<p><span class='flag'>unreadable</span> {html.escape(problem)}</p><p>"
             f"<code>neurostorm store check {html.escape(location)} --data</code> checks every run; "
@@ -181,7 +141,7 @@ def report_run(location: str, row: dict, thresholds: QCThresholds, out: str) -> 
             f"<figure><img alt='carpet plot' src='{figures['carpet']}'><figcaption>Carpet plot of brain voxels "
             "with the global signal, DVARS and, where fMRIPrep's confounds sit beside the input, framewise "
             "displacement</figcaption></figure><h2>Preprocessing record</h2><dl>" + record + "</dl>")
-    _write(Path(out) / "runs" / f"{row['run_id']}.html", _page(row["run_id"], body))
+    write_page(Path(out) / "runs" / f"{row['run_id']}.html", page(row["run_id"], body))
     return measures.columns
 
 
@@ -225,8 +185,8 @@ def _index(location: str, rows: list[dict], thresholds: QCThresholds) -> str:
     body = (f"<h1>Quality report: {html.escape(location)}</h1><p>{len(rows)} runs; flagged: "
             f"{sum(1 for r in readable if flags_of(r))} ({html.escape(summary)}); unreadable: "
             f"{len(rows) - len(readable)}. Click a heading to sort.</p><p>Thresholds: {html.escape(limits)}.</p>"
-            f"<table><thead><tr>{heading}</tr></thead><tbody>{''.join(lines)}</tbody></table>")
-    return _page(f"Quality report: {location}", body, SORT_SCRIPT)
+            f"<table class='sortable'><thead><tr>{heading}</tr></thead><tbody>{''.join(lines)}</tbody></table>")
+    return page(f"Quality report: {location}", body)
 
 
 def write_store_report(location: str, out: str | Path, thresholds: QCThresholds = DEFAULT_THRESHOLDS,
@@ -249,9 +209,9 @@ again); new QC values are added to the manifest."""
     if not is_url(store.location):
         merge_if_idle(store.location)
     index = out / "index.html"
-    _write(index, _index(store.location, rows, thresholds))
-    _write(out / "qc.json", json.dumps([{k: plain_value(r.get(k)) for k in ("run_id", *QC_COLUMNS, "unreadable")}
-                                        for r in rows], indent=1))
+    write_page(index, _index(store.location, rows, thresholds))
+    write_json_atomic(out / "qc.json", [{k: plain_value(r.get(k)) for k in ("run_id", *QC_COLUMNS, "unreadable")}
+                                        for r in rows])
     return index
 
 

@@ -31,6 +31,7 @@ from neurostorm.errors import InputError
 from neurostorm.evaluation.figures import plot_loss_curves
 from neurostorm.evaluation.metrics import per_subject, probabilities
 from neurostorm.evaluation.report import write_scored_predictions
+from neurostorm.evaluation.run_report import write_run_report
 from neurostorm.evaluation.scores import metrics_with_ci, predictions_frame
 from neurostorm.evaluation.target import Target
 from neurostorm.models import (
@@ -99,6 +100,7 @@ def _pretrain(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict:
                         training=data_summary(stores))
         write_json_atomic(run_dir / "metrics.json", summary)
         plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "figures" / "loss_curves.png")
+        write_run_report(run_dir, f"neurostorm pretrain --config {run_dir / 'config.yaml'} --out {run_dir}")
     return summary
 
 

@@ -7,7 +7,8 @@ each clip's tokens (``probe+attention``, ``probe+mlp``) or a run-level pooling (
 ``probe+clip_attention``). Each runs as an ordinary fine-tuning
 run in OUT/runs/<label> (its ``config.yaml`` reruns it alone); OUT/task.yaml is the task as run with its
 methods, so ``neurostorm compare --task OUT/task.yaml --out OUT`` reruns the whole table. OUT/table.md,
-OUT/table.csv and OUT/comparison.png hold the results.
+OUT/table.csv and OUT/comparison.png hold the results, OUT/report.md and OUT/report.html (self-contained) show
+them with the paired differences and the commands.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from matplotlib.patches import Patch
 from tqdm.auto import tqdm
 
 from neurostorm.data.files import write_csv_atomic
+from neurostorm.data.html import write_markdown_report
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
 from neurostorm.evaluation.scores import UNDEFINED, paired_difference
@@ -137,7 +139,31 @@ def compare(config: ExperimentConfig, methods: list[Method], out: str | Path, pr
     write_csv_atomic(out / "table.csv", table)
     (out / "table.md").write_text(markdown_table(table, kind) + "\n")
     plot_comparison(table, kind, out / "comparison.png")
+    write_markdown_report(out, comparison_markdown(table, kind, out), f"neurostorm comparison: {kind}")
     return table
+
+
+def comparison_markdown(table: pd.DataFrame, kind: str, out: Path) -> str:
+    """OUT/report.md: the table, each method's paired difference from the reference (FC + linear where it
+    ran, else the first method that ran), the figure and the commands that rerun the table and each row."""
+    family = task_family(kind)
+    ran = [r["method"] for r in table.to_dict("records") if isinstance(r.get("run"), str)]
+    fc = [r["method"] for r in table.to_dict("records") if r["method"] in ran and r["model"] == "fc-linear"]
+    reference = (fc or ran or [None])[0]
+    differences = paired_differences(table, kind, [(m, reference) for m in ran if m != reference])
+    lines = [f"# Comparison: {kind} — {family.headline}", "",
+             "Every method ran on the same subject split; each value is the test-set metric with its 95 % "
+             "bootstrap CI over test subjects.", "", markdown_table(table, kind), "", "![comparison](comparison.png)",
+             ""]
+    if differences:
+        lines += [f"## Paired differences from {reference} ({family.headline}, same test subjects)", "",
+                  "| method − reference | difference [95 % CI] |", "|---|---|"]
+        lines += [f"| {d['a']} − {d['b']} | {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
+                  for d in differences] + [""]
+    lines += ["## Run it again", "", f"The table: `neurostorm compare --task {out / 'task.yaml'} --out {out}`", ""]
+    lines += [f"- {r['method']}: `{r['command']}`" for r in table.to_dict("records")
+              if isinstance(r.get("command"), str)]
+    return "\n".join(lines) + "\n"
 
 
 def _run_note(metrics: dict) -> str:
@@ -246,7 +272,8 @@ def plot_comparison(table: pd.DataFrame, kind: str, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, f"no method gave a {metric.replace('_', ' ')}: see the notes in table.md",
                 ha="center", va="center", transform=ax.transAxes)
-    ax.set(ylabel=metric.replace("_", " "), title=f"{kind.replace('_', ' ')}: {metric} with 95 % CI")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{kind.replace('_', ' ')}: {metric.replace('_', ' ')}\nwith 95 % CI", fontsize=10)  # fits 2 bars
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

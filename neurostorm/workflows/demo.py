@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from neurostorm.data.files import write_json_atomic
+from neurostorm.data.html import write_markdown_report
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
@@ -229,7 +230,7 @@ def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[s
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items()]
     lines += [f"| total | {sum(stages.values()):.0f} |"]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown_report(out, "\n".join(lines) + "\n", "neurostorm demo report")  # and report.html
     summary = {"cohort": {"subjects": cohort.subjects, "frames": cohort.n_frames, "seed": cohort.seed},
                "cv_folds": cv_folds,
                "pretrain": pretrain, "stages_seconds": stages,

@@ -28,6 +28,7 @@ from torch import nn
 from neurostorm.data.atlases import Atlas, load_atlas
 from neurostorm.data.datasets import clip_tensor
 from neurostorm.data.files import write_csv_atomic, write_json_atomic
+from neurostorm.data.html import write_markdown_report
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 from neurostorm.train.config import ExperimentConfig, load_config
@@ -258,7 +259,21 @@ def explain(target: str | Path, out: str | Path, config: ExperimentConfig | None
                "atlas": atlas, "top_rois": top[["rank", "name", "mean_abs"]].to_dict("records"),
                "files": {k: str(v) for k, v in written.items()}}
     write_json_atomic(Path(out) / "explain.json", summary)
+    write_markdown_report(Path(out), _report_markdown(summary, top, Path(out)), "neurostorm attribution maps")
     return summary
+
+
+def _report_markdown(summary: dict, top: pd.DataFrame, out: Path) -> str:
+    """OUT/report.md: what was attributed, the figures and the ten ROIs of largest mean |attribution|."""
+    lines = ["# Attribution maps (integrated gradients)", "",
+             f"Model `{summary['model']}` ({summary['task']}); {len(summary['subjects'])} subjects, {summary['clips']} "
+             f"clips of {summary['clip_frames']} frames, {summary['steps']} steps from {summary['baseline']}; "
+             f"ROIs of `{summary['atlas']}`.", "",
+             " ".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(out).as_posix()})"
+                      for p in sorted((out / "figures").glob("*.png"))), "",
+             "| rank | ROI | mean abs(attribution) |", "|---|---|---|"]
+    lines += [f"| {r['rank']} | {r['name']} | {r['mean_abs']:.3g} |" for r in top.to_dict("records")]
+    return "\n".join(lines) + "\n"
 
 
 def _subjects(store: Store, run_dir: Path | None, subjects: list[str] | None) -> list[str]:

@@ -16,6 +16,7 @@ import pandas as pd
 from neurostorm.data.files import write_json_atomic
 from neurostorm.data.splits import site_split
 from neurostorm.errors import InputError
+from neurostorm.evaluation.run_report import write_run_report
 from neurostorm.tasks import TaskFamily, task_family
 from neurostorm.train.config import ExperimentConfig
 from neurostorm.train.data import open_store
@@ -31,9 +32,12 @@ def finetune(config: ExperimentConfig, run_dir: str | Path, resume: bool = False
         check_settings(config, family)
         check_model_init(config.model.init)
         if config.data.cv_folds > 1 or config.data.cv_by_site:
-            return cross_validate(config, folder)
-        checkpoint = resume_path(folder, resume)
-        return family.run(config, start_run(config, folder), checkpoint)
+            metrics = cross_validate(config, folder)
+        else:
+            metrics = family.run(config, start_run(config, folder), resume_path(folder, resume))
+    if (folder / "metrics.json").exists():  # report.md and report.html of the run
+        write_run_report(folder, f"neurostorm finetune --config {folder / 'config.yaml'} --out {folder}")
+    return metrics
 
 
 def check_settings(config: ExperimentConfig, family: TaskFamily) -> None:

@@ -1,5 +1,6 @@
-"""The store's HTML quality report: QC measures and flags, the manifest's QC columns, and the pages as a
-browser shows them (Debian's chromium driven by selenium through its chromedriver)."""
+"""The HTML reports: the store's quality report (QC measures and flags, the manifest's QC columns) and the
+reports of runs and comparisons, checked as a browser shows them (Debian's chromium driven by selenium
+through its chromedriver)."""
 
 from __future__ import annotations
 
@@ -106,17 +107,16 @@ def test_the_report_lists_every_run_flags_the_planted_ones_and_the_missing_one(q
     assert sorted(kept) == ["sub-01_task-rest_run-1", "sub-02_task-rest_run-1", "sub-03_task-rest_run-1"]
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
-                                                           "(.ci/run installs them)")
-def test_the_report_in_a_browser(qc_store, tmp_path):
-    """Every page loads without console errors, every image decodes with a size, the table lists every run,
-    sorts on a click and shows the planted runs' flags; screenshots are written for a person."""
+needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                   reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless chromium, its console kept; offline (no component updates, no background connections)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    out = tmp_path / "report"
-    assert main(["report", str(qc_store), "--out", str(out)]) == 0
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -125,34 +125,71 @@ def test_the_report_in_a_browser(qc_store, tmp_path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
-        driver.get((out / "index.html").as_uri())
-        rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
-        flags = {row.find_element(By.TAG_NAME, "a").text: row.find_elements(By.TAG_NAME, "td")[1].text
-                 for row in rows}
-        assert sorted(flags) == sorted(Store(qc_store).manifest["run_id"])
-        assert "orientation" in flags["sub-flip_task-rest_run-1"] and "spikes" in flags["sub-spike_task-rest_run-1"]
-        assert flags["sub-03_task-rest_run-1"] == "unreadable"
-        driver.save_screenshot(str(tmp_path / "index.png"))
-        tsnr = [h.text for h in driver.find_elements(By.TAG_NAME, "th")].index("tSNR")
-        driver.find_elements(By.TAG_NAME, "th")[tsnr].click()
-        shown = [c.get_attribute("data-value") for c in driver.find_elements(
-            By.CSS_SELECTOR, f"tbody tr td:nth-child({tsnr + 1})")]
-        numbers = [float(v) for v in shown if v]
-        assert numbers == sorted(numbers) and len(numbers) == 4
-        assert driver.get_log("browser") == []
-        for run_id in flags:
-            driver.get((out / "runs" / f"{run_id}.html").as_uri())
-            sizes = driver.execute_async_script(  # each image once decoded: (decoded, width, height) as shown
-                "const done = arguments[arguments.length - 1];"
-                "Promise.all([...document.images].map(i => i.decode().then(() => [true, i.width, i.height],"
-                "                                                          () => [false, 0, 0]))).then(done);")
-            assert len(sizes) == (0 if run_id == "sub-03_task-rest_run-1" else 3)
-            assert all(decoded and width > 0 and height > 0 for decoded, width, height in sizes), (run_id, sizes)
-            assert driver.get_log("browser") == [], run_id
-        driver.get((out / "runs" / "sub-flip_task-rest_run-1.html").as_uri())
-        driver.save_screenshot(str(tmp_path / "flipped-run.png"))
-    finally:
-        driver.quit()
+    yield driver
+    driver.quit()
+
+
+def shown(driver, page: Path) -> list[tuple[bool, int, int]]:
+    """Open ``page`` and wait for its images: (decoded, width, height) of each as laid out; the page's
+    console must stay empty."""
+    driver.get(page.as_uri())
+    sizes = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([...document.images].map(i => i.decode().then(() => [true, i.width, i.height],"
+        "                                                          () => [false, 0, 0]))).then(done);")
+    assert driver.get_log("browser") == [], page
+    assert all(decoded and width > 0 and height > 0 for decoded, width, height in sizes), (page, sizes)
+    return sizes
+
+
+@needs_browser
+def test_the_store_report_in_a_browser(qc_store, tmp_path, browser):
+    """Every page loads without console errors, every image decodes with a size, the table lists every run,
+    sorts on a click and shows the planted runs' flags; screenshots are written for a person."""
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "report"
+    assert main(["report", str(qc_store), "--out", str(out)]) == 0
+    shown(browser, out / "index.html")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    flags = {row.find_element(By.TAG_NAME, "a").text: row.find_elements(By.TAG_NAME, "td")[1].text for row in rows}
+    assert sorted(flags) == sorted(Store(qc_store).manifest["run_id"])
+    assert "orientation" in flags["sub-flip_task-rest_run-1"] and "spikes" in flags["sub-spike_task-rest_run-1"]
+    assert flags["sub-03_task-rest_run-1"] == "unreadable"
+    browser.save_screenshot(str(tmp_path / "index.png"))
+    tsnr = [h.text for h in browser.find_elements(By.TAG_NAME, "th")].index("tSNR")
+    browser.find_elements(By.TAG_NAME, "th")[tsnr].click()
+    values = [c.get_attribute("data-value") for c in browser.find_elements(
+        By.CSS_SELECTOR, f"tbody tr td:nth-child({tsnr + 1})")]
+    numbers = [float(v) for v in values if v]
+    assert numbers == sorted(numbers) and len(numbers) == 4
+    for run_id in flags:
+        assert len(shown(browser, out / "runs" / f"{run_id}.html")) == (0 if run_id == "sub-03_task-rest_run-1" else 3)
+    shown(browser, out / "runs" / "sub-flip_task-rest_run-1.html")
+    browser.save_screenshot(str(tmp_path / "flipped-run.png"))
     assert (tmp_path / "index.png").stat().st_size > 10_000
     print(f"screenshots: {tmp_path / 'index.png'}, {tmp_path / 'flipped-run.png'}")
+
+
+@needs_browser
+def test_comparison_and_run_reports_in_a_browser(labelled_store, tmp_path, browser):
+    """compare writes report.html (its table with CIs, the paired difference from FC + linear, the figure,
+    the commands), and each method's run its own (metrics, figures, the command); all render offline."""
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "sex"
+    assert main(["compare", "--task", "tiny", "--models", "neurostorm-tiny:probe,fc-linear",
+                 f"data.stores=[{labelled_store}]", "task.label=sex", "--out", str(out), "--quiet"]) == 0
+    assert len(shown(browser, out / "report.html")) == 1
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "Paired differences from fc-linear" in text and "neurostorm-tiny:probe − fc-linear" in text
+    assert f"neurostorm compare --task {out / 'task.yaml'} --out {out}" in text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "table.sortable tbody tr")) == 3  # 2 methods, 1 difference
+    browser.save_screenshot(str(tmp_path / "comparison.png"))
+    for run in sorted((out / "runs").iterdir()):
+        figures = shown(browser, run / "report.html")
+        assert len(figures) >= 2, run  # ROC and confusion at least
+        assert "balanced_accuracy" in browser.find_element(By.TAG_NAME, "table").text
+        assert f"neurostorm finetune --config {run / 'config.yaml'} --out {run}" in browser.page_source
+    assert (out / "report.md").read_text().startswith("# Comparison: classification")
+    print(f"screenshot: {tmp_path / 'comparison.png'}")
