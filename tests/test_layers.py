@@ -9,7 +9,7 @@ PACKAGE = Path(neurostorm.__file__).parent
 # bottom to top; a module may import its own layer and those below it
 LAYERS = [("neurostorm.version", "neurostorm.errors"), ("neurostorm.data",), ("neurostorm.models",),
           ("neurostorm.evaluation",), ("neurostorm.train",), ("neurostorm.tasks",),
-          ("neurostorm.workflows", "neurostorm.sklearn"),
+          ("neurostorm.workflows", "neurostorm.sklearn", "neurostorm.brainmarks"),
           ("neurostorm.cli", "neurostorm.__main__", "neurostorm")]  # the package's own names: the front door
 
 
