@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
+
+docs: $(BIN)/.installed  # the site with the gallery's examples run: docs/_build/html/index.html
+	cd docs && NEUROSTORM_DOCS_RUN_EXAMPLES=1 ../$(BIN)/sphinx-build -W -b html . _build/html

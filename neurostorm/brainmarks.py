@@ -40,7 +40,7 @@ from neurostorm.data.preprocess import PreprocessConfig, preprocess_image
 from neurostorm.errors import InputError
 from neurostorm.models import build_model
 from neurostorm.models.encoder import NeuroSTORM
-from neurostorm.sklearn import load_encoder, preprocessing_for
+from neurostorm.sklearn import encoder_of, preprocessing_for
 from neurostorm.train.data import fit_to_model
 
 MASK = {"template": "MNI152NLin6Asym", "resolution": 2, "desc": "brain", "suffix": "mask", "extension": "nii.gz"}
@@ -149,10 +149,10 @@ class BrainmarksModel(nn.Module):
 
 def brainmarks_pair(model: str | Path | nn.Module, embeddings: type, mask: str | Path | None = None,
                     max_windows: int | None = None) -> tuple[BrainmarksTransform, BrainmarksModel]:
-    """Brainmarks' (transform, model) for an encoder given as :func:`neurostorm.sklearn.load_encoder` takes
+    """Brainmarks' (transform, model) for an encoder given as :func:`neurostorm.sklearn.encoder_of` takes
     it; ``embeddings`` is Brainmarks' ``Embeddings`` tuple type."""
     source = str(model) if isinstance(model, Path) else model
-    encoder = load_encoder(source)
+    encoder = encoder_of(source)
     preprocessing = preprocessing_for(source, encoder.config.img_size)
     transform = BrainmarksTransform(preprocessing, encoder.config.frames, mni_mask(mask), max_windows)
     return transform, BrainmarksModel(encoder, embeddings)

@@ -75,7 +75,7 @@ class NeuroSTORMEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         (nothing else is learned, and ``y`` is never used)."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        self.encoder_ = load_encoder(self.model).to(self.device).eval()
+        self.encoder_ = encoder_of(self.model).to(self.device).eval()
         config = self.encoder_.config
         if self.clip_frames > config.frames or self.clip_frames % config.frame_multiple:
             raise ValueError(f"clip_frames {self.clip_frames}: the model takes up to {config.frames} frames in "
@@ -126,7 +126,7 @@ def _name(image) -> str:
     return str(image) if not isinstance(image, nib.Nifti1Image) else image.get_filename() or "<in-memory image>"
 
 
-def load_encoder(model: str | nn.Module | None) -> NeuroSTORM:
+def encoder_of(model: str | nn.Module | None) -> NeuroSTORM:
     """The clip encoder of a pretrained folder, Hub id, reference ``.ckpt``, registry name (random weights) or
     module (a STORM pretraining model gives its encoder)."""
     if model is None:

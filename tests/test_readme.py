@@ -1,5 +1,5 @@
-"""Every `bash` and `python` block of the README runs as written, in order, in one folder (one epoch of
-training where a command trains), so the README cannot drift from the code."""
+"""Every `bash` and `python` block of the README and of the user guide's pages runs as written, in reading
+order, in one folder (one epoch of training where a command trains), so neither can drift from the code."""
 
 import glob
 import os
@@ -21,12 +21,21 @@ NOT_RUN = {  # commands the tests cannot run here, and where they are covered
 }
 
 
+def pages() -> list[Path]:
+    """The README, then the user guide's pages in the order of its table of contents."""
+    index = (ROOT / "docs" / "user_guide" / "index.md").read_text()
+    toc = re.search(r"```{toctree}\n(.*?)```", index, flags=re.S).group(1)
+    names = [line.strip() for line in toc.splitlines() if line.strip() and not line.startswith(":")]
+    return [ROOT / "README.md", *(ROOT / "docs" / "user_guide" / f"{name}.md" for name in names)]
+
+
 def readme_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [block for page in pages() for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(),
+                                                              flags=re.S)]
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's bash blocks (continuations joined, comments dropped)."""
+    """Every command line of the pages' bash blocks (continuations joined, comments dropped)."""
     commands = []
     for block in readme_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
@@ -72,4 +81,4 @@ def test_readme_command(readme_folder, line):
 
 @pytest.mark.parametrize("block", readme_blocks("python"))
 def test_readme_python_snippet(readme_folder, block):
-    exec(compile(block, "README.md", "exec"), {})
+    exec(compile(block, "README.md or docs/user_guide", "exec"), {})

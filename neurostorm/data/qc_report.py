@@ -85,14 +85,15 @@ def _figures(store: Store, measures: RunMeasures, row: dict, folder: Path) -> di
     from neurostorm.data.grid import template_brain_mask
 
     template = nib.Nifti1Image(template_brain_mask(store.grid).astype(np.uint8), store.grid_affine)
-    cuts = cuts_from_bbox(template, cuts=7)  # seven slices per view inside the MNI brain
-    for name, data, label, params in (
-            ("mean", measures.mean_map, "mean frame", {}),
-            ("tsnr", measures.tsnr_map, "temporal SNR", {"cmap": "viridis", "threshold": 1e-6,  # 0: not drawn
-                                                         "vmax": float(np.percentile(measures.tsnr_map, 99))})):
+    cuts = cuts_from_bbox(template, cuts=6)  # six slices per view inside the MNI brain
+    for name, data, label, order, params in (  # the mean in three views (orientation), tSNR axial (its spread)
+            ("mean", measures.mean_map, "mean frame", ("z", "x", "y"), {}),
+            ("tsnr", measures.tsnr_map, "temporal SNR", ("z",), {
+                "cmap": "viridis", "threshold": 1e-6, "vmax": float(np.percentile(measures.tsnr_map, 99))})):
         views = plot_registration(nib.Nifti1Image(data, store.grid_affine), name, plot_params=params, cuts=cuts,
-                                  contour=template, label=label, estimate_brightness=not params, compress=False)
-        compose_view(views, [], out_file=folder / f"{name}.svg")  # axial, sagittal, coronal rows
+                                  order=order, contour=template, label=label, estimate_brightness=not params,
+                                  compress=False)
+        compose_view(views, [], out_file=folder / f"{name}.svg")  # a row per view
     series = {"global signal": measures.global_signal, "DVARS": measures.dvars}
     fd = framewise_displacement(row["source_path"], float(row["source_tr"]), float(row["tr"]), len(measures.dvars))
     if fd is not None:
@@ -192,8 +193,8 @@ def _index(location: str, rows: list[dict], thresholds: QCThresholds) -> str:
 def write_store_report(location: str, out: str | Path, thresholds: QCThresholds = DEFAULT_THRESHOLDS,
                        workers: int = 1, dask: str | None = None) -> Path:
     """The report of the store at ``location`` into ``out``; returns ``out/index.html``. Runs are measured by
-    ``workers`` local processes or on a Dask cluster (runs an earlier report into ``out`` measured are not measured
-again); new QC values are added to the manifest."""
+    ``workers`` local processes or on a Dask cluster, except those an earlier report into ``out`` measured;
+    new QC values are added to the manifest."""
     store = Store(location)
     rows = store.manifest.to_dict("records")
     out = Path(out)
