@@ -1,5 +1,6 @@
-"""The README's bad-input table, row by row, with 1 and 2 worker processes: one line on stderr naming the file
-and the problem, exit non-zero, nothing partial left, and the good run beside the bad one still written."""
+"""The bad-input table of the user guide's Preprocessing page, row by row, with 1 and 2 worker processes: one
+line on stderr naming the file and the problem, exit non-zero, nothing partial left, and the good run beside
+the bad one still written."""
 
 import gzip
 import json
@@ -22,7 +23,7 @@ from neurostorm.data.store import Store
 
 from .conftest import mni_brain_run, write_run
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "user_guide" / "preprocessing.md"
 HAXBY = Path(__file__).parent / "data" / "haxby2001" / "sub001_run001_bold_25mm.nii.gz"
 GRID = "mni152-fsl-4mm-48"  # the table's checks hold on every grid; the 4 mm one keeps the test quick
 
@@ -155,7 +156,7 @@ def make_case(name: str, tmp_path: Path) -> Case:
     return Case(inputs, labels, contents[name][1], ["--labels", str(labels)], outcome="job refused")
 
 
-ROWS = {  # the first cell of each row of the README's table → the cases that test it
+ROWS = {  # the first cell of each row of the guide's table → the cases that test it
     "3D image, 5D image": ["3d", "5d"],
     "not MNI (e.g. native-space Haxby run)": ["not_mni"],
     "NaN / Inf voxels": ["nan"],
@@ -181,14 +182,14 @@ ROWS = {  # the first cell of each row of the README's table → the cases that 
 }
 
 
-def readme_rows() -> list[str]:
-    section = README.read_text().split("### Bad input", 1)[1].split("\n## ", 1)[0]
+def guide_rows() -> list[str]:
+    section = GUIDE.read_text().split("## Bad input", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("|")]
     return [row for row in rows if row not in ("input", "---")]
 
 
-def test_every_row_of_the_readme_table_is_tested():
-    assert readme_rows() == list(ROWS)
+def test_every_row_of_the_guide_table_is_tested():
+    assert guide_rows() == list(ROWS)
 
 
 def snapshot(path: Path) -> str | list[Path] | None:
