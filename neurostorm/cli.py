@@ -62,22 +62,22 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     print(f"store {args.out}: {len(result.records)} runs, {subjects} subjects, {frames} frames "
           f"({len(result.processed)} preprocessed, {len(result.skipped)} already done, "
           f"{len(result.failures)} failed)")
-    if args.shard and not args.no_report:
-        print(f"report: once every shard is done, `neurostorm report {args.out} --out DIR` writes the quality report")
-    elif not args.no_report and result.records:
-        _store_report(args.out, Path(args.out) / "report", args.workers, args.dask)
+    if not args.no_report and result.records:
+        from neurostorm.data.files import is_url
+
+        if args.shard or is_url(args.out):  # the report of a whole store, written on a local disk
+            print(f"report: `neurostorm report {args.out} --out DIR` writes the quality report"
+                  f"{' once every shard is done' if args.shard else ''}")
+        else:
+            _store_report(args.out, Path(args.out) / "report", args.workers, args.dask)
     for failure in result.failures:
         print(f"neurostorm preprocess: {failure}", file=sys.stderr)
     return 1 if result.failures else 0
 
 
 def _store_report(store: str, out: Path, workers: int, dask: str | None) -> None:
-    from neurostorm.data.files import is_url
     from neurostorm.data.qc_report import flags_of, write_store_report
 
-    if is_url(str(out)):
-        print(f"report: not written into {store} (a URL): run `neurostorm report {store} --out DIR`")
-        return
     index = write_store_report(store, out, workers=workers, dask=dask)
     runs = json.loads((out / "qc.json").read_text())
     named = [r["run_id"] for r in runs if flags_of(r)]
