@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 demo: $(BIN)/.installed
 	$(BIN)/neurostorm demo --quick --out $(DEMO_OUT)
-	@echo "report: $(DEMO_OUT)/report.md   tables: $(DEMO_OUT)/families   ROI/FC (Power-264): $(DEMO_OUT)/roi-rest"
+	@echo "report: $(DEMO_OUT)/report.html (and report.md)   tables: $(DEMO_OUT)/families   ROI/FC (Power-264): $(DEMO_OUT)/roi-rest"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -24,6 +24,7 @@ tr.flagged td{background:#fff3e0} tr.unreadable td{background:#fde7e9}
 .flag{display:inline-block;background:#e65100;color:#fff;border-radius:3px;padding:0 .35rem;margin-right:.2rem}
 figure{margin:1rem 0} img{max-width:100%;height:auto;border:1px solid #eee}
 p>img{max-width:min(100%,560px);vertical-align:top;margin:.25rem}
+.wide{overflow-x:auto;max-width:100%}
 code{background:#f4f4f4;padding:0 .2rem;border-radius:3px;font-size:.85rem;white-space:pre-wrap}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.9rem} dt{font-weight:600}
 """
@@ -78,7 +79,8 @@ def markdown_page(markdown: str, folder: Path, title: str) -> str:
         return f"{match.group(1)}{data_uri(path)}{match.group(3)}"
 
     body = re.sub(r'(<img src=")([^"]+)(")', inline, body)
-    return page(title, body.replace("<table>", "<table class='sortable'>"))
+    tables = body.replace("<table>", "<div class='wide'><table class='sortable'>").replace("</table>", "</table></div>")
+    return page(title, tables)  # a table wider than the screen scrolls on its own
 
 
 def write_markdown_report(folder: Path, markdown: str, title: str, name: str = "report") -> Path:
