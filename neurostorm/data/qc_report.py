@@ -124,8 +124,7 @@ def report_run(location: str, row: dict, thresholds: QCThresholds, out: str) -> 
             f"<code>neurostorm store check {html.escape(location)} --data</code> checks every run; "
             "preprocess the run again to replace it.</p>")))
         return {"unreadable": problem}
-    values = {**row, **measures.columns}
-    flags = "".join(f"<span class='flag'>{html.escape(f)}</span>" for f in run_flags(values, thresholds)) or "none"
+    flags = "".join(f"<span class='flag'>{html.escape(f)}</span>" for f in flags_of(measures.columns)) or "none"
     record = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in row.items()
                      if not str(k).startswith("qc_"))
     outliers = ", ".join(str(t) for t in np.flatnonzero(measures.outliers)) or "none"
@@ -162,7 +161,7 @@ def _cell(row: dict, key: str, form: str) -> str:
                                                             for f in flags) + "</td>"
     if key == "run_id":
         return f"<td><a href='runs/{html.escape(str(value))}.html'>{html.escape(str(value))}</a></td>"
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if pd.isna(value):
         return "<td></td>"
     try:
         text = form.format(value)
@@ -221,7 +220,7 @@ def _already_measured(row: dict, out: Path, thresholds: QCThresholds) -> dict | 
     exists and the thresholds give the same flags), else None: a store of 50,000 runs is measured once, and a
     run written again (a new manifest row) is measured again."""
     values = {column: row.get(column) for column in QC_COLUMNS}
-    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values.values()):
+    if any(pd.isna(v) for v in values.values()):
         return None
     values["qc_flip"] = str(values["qc_flip"] or "")
     values["qc_flags"] = str(values["qc_flags"] or "")
@@ -231,7 +230,7 @@ def _already_measured(row: dict, out: Path, thresholds: QCThresholds) -> dict | 
 
 
 def _differs(old: object, new: object) -> bool:
-    if old is None or (isinstance(old, float) and np.isnan(old)):
+    if pd.isna(old):
         return True
     return old != new if isinstance(new, str) else abs(float(old) - float(new)) > 1e-9
 

@@ -23,9 +23,10 @@ FILES = {"predictions.csv": "test predictions, one row per scored clip or query"
          "config.yaml": "every setting of the run", "logs": "training logs"}
 
 
-def interval(value: dict) -> str:
-    """``{value, ci_low, ci_high}`` as ``v [low, high]`` with three decimals."""
-    return f"{value['value']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+def interval(value: dict, signed: bool = False) -> str:
+    """``{value, ci_low, ci_high}`` as ``v [low, high]`` with three decimals (and a sign: a difference)."""
+    form = "+.3f" if signed else ".3f"
+    return f"{value['value']:{form}} [{value['ci_low']:{form}}, {value['ci_high']:{form}}]"
 
 
 def _metric_rows(metrics: dict) -> list[str]:
@@ -45,10 +46,11 @@ def _site_rows(per_site: dict) -> list[str]:
                     for site, scores in per_site.items()]
 
 
-def _figures(run_dir: Path) -> list[str]:
-    """Every figure of the run, side by side where the screen allows (one paragraph of images)."""
-    return [" ".join(f"![{path.stem.replace('_', ' ')}]({path.relative_to(run_dir).as_posix()})"
-                     for path in sorted((run_dir / "figures").glob("*.png"))), ""]
+def figure_paragraph(folder: Path) -> str:
+    """Every PNG of ``folder/figures`` as one Markdown paragraph of images (side by side where the screen
+    allows), paths relative to ``folder``."""
+    return " ".join(f"![{path.stem.replace('_', ' ')}]({path.relative_to(folder).as_posix()})"
+                    for path in sorted((folder / "figures").glob("*.png")))
 
 
 def _model(run_dir: Path) -> str:
@@ -83,7 +85,7 @@ def run_markdown(run_dir: Path, command: str) -> str:
     if metrics.get("per_site"):
         lines += ["## Per site", "", *_site_rows(metrics["per_site"]), ""]
     if list((run_dir / "figures").glob("*.png")):
-        lines += ["## Figures", "", *_figures(run_dir)]
+        lines += ["## Figures", "", figure_paragraph(run_dir), ""]
     present = [f"- `{name}`: {what}" for name, what in FILES.items() if (run_dir / name).exists()]
     lines += ["## Files", "", *present, "", "## Run it again", "", f"`{command}`", ""]
     return "\n".join(lines)

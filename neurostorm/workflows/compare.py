@@ -30,6 +30,7 @@ from neurostorm.data.files import write_csv_atomic
 from neurostorm.data.html import write_markdown_report
 from neurostorm.data.splits import FEW_TEST_SUBJECTS
 from neurostorm.errors import InputError
+from neurostorm.evaluation.run_report import interval
 from neurostorm.evaluation.scores import UNDEFINED, paired_difference
 from neurostorm.models import model_input
 from neurostorm.tasks import task_family
@@ -158,8 +159,7 @@ def comparison_markdown(table: pd.DataFrame, kind: str, out: Path) -> str:
     if differences:
         lines += [f"## Paired differences from {reference} ({family.headline}, same test subjects)", "",
                   "| method − reference | difference [95 % CI] |", "|---|---|"]
-        lines += [f"| {d['a']} − {d['b']} | {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
-                  for d in differences] + [""]
+        lines += [f"| {d['a']} − {d['b']} | {interval(d, signed=True)} |" for d in differences] + [""]
     lines += ["## Run it again", "", f"The table: `neurostorm compare --task {out / 'task.yaml'} --out {out}`", ""]
     lines += [f"- {r['method']}: `{r['command']}`" for r in table.to_dict("records")
               if isinstance(r.get("command"), str)]

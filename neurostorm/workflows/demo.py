@@ -27,6 +27,7 @@ from neurostorm.data.html import write_markdown_report
 from neurostorm.data.preprocess import PreprocessConfig, preprocess
 from neurostorm.data.simulate import CohortConfig, simulate_cohort
 from neurostorm.data.store import Store
+from neurostorm.evaluation.run_report import interval
 from neurostorm.tasks import task_family
 from neurostorm.train.config import load_config
 from neurostorm.train.run import pretrain
@@ -195,10 +196,6 @@ def leave_site_out_study(overrides: list[str], methods: list[Method], folder: Pa
             "commands": commands}
 
 
-def _interval(d: dict) -> str:
-    return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-
-
 def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[str, float], pretrain: dict,
                  pretrain_command: str, studies: dict, cv_folds: int = 0) -> Path:
     """``report.md`` (tables, differences, figures, commands, wall times) and ``metrics.json``."""
@@ -220,7 +217,7 @@ def write_report(out: Path, cohort: CohortConfig, families: dict, stages: dict[s
         lines += [f"## {family} — {task_family(kind).headline}", "", markdown_table(result["table"], kind), ""]
         if result["differences"]:
             lines += ["Paired differences in " + task_family(kind).headline + " (95 % CI):", ""]
-            lines += [f"- {d['a']} − {d['b']}: {_interval(d)}" for d in result["differences"]] + [""]
+            lines += [f"- {d['a']} − {d['b']}: {interval(d, signed=True)}" for d in result["differences"]] + [""]
         lines += [f"![{family}]({folder.relative_to(out) / 'comparison.png'})", "",
                   "Commands (the table, then each row):", "", f"- `{result['command']}`"]
         lines += [f"- {r['method']}: `{r['command']}`" for r in result["table"].to_dict("records")

@@ -31,6 +31,7 @@ from neurostorm.data.files import write_csv_atomic, write_json_atomic
 from neurostorm.data.html import write_markdown_report
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
+from neurostorm.evaluation.run_report import figure_paragraph
 from neurostorm.train.config import ExperimentConfig, load_config
 from neurostorm.train.data import check_stores_fit, fit_to_model
 from neurostorm.train.run import load_adapted
@@ -269,8 +270,7 @@ def _report_markdown(summary: dict, top: pd.DataFrame, out: Path) -> str:
              f"Model `{summary['model']}` ({summary['task']}); {len(summary['subjects'])} subjects, {summary['clips']} "
              f"clips of {summary['clip_frames']} frames, {summary['steps']} steps from {summary['baseline']}; "
              f"ROIs of `{summary['atlas']}`.", "",
-             " ".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(out).as_posix()})"
-                      for p in sorted((out / "figures").glob("*.png"))), "",
+             figure_paragraph(out), "",
              "| rank | ROI | mean abs(attribution) |", "|---|---|---|"]
     lines += [f"| {r['rank']} | {r['name']} | {r['mean_abs']:.3g} |" for r in top.to_dict("records")]
     return "\n".join(lines) + "\n"
