@@ -31,6 +31,8 @@ def check_dask_address(address: str) -> str:
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
+    # a second SIGTERM (the main process ending its workers) must not cut short the unwinding of the first
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the I/O tasks a stop abandons are no problem to report
     raise SystemExit(128 + signum)  # unwinds the run in progress (its temporary is removed), then ends quietly
 
@@ -88,6 +90,8 @@ class TaskRunner:
                     worker.terminate()
                 for worker in workers:
                     worker.join(timeout=30)
+                    if worker.is_alive():  # stuck past its unwinding: nothing of it is worth waiting for
+                        worker.kill()
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
