@@ -9,10 +9,12 @@ A synthetic whole-brain int16 run on the FSL MNI152 2 mm grid (TR 0.72 s, like H
   process — the most one loader worker could read;
 - ``data-read-one-process``: the store's reads of random clips in one process, without a loader;
 - ``data-loader-per-worker``: base-size clips (96³ × 20 frames, the stored int8 bytes as training receives
-  them) in random order through a ``DataLoader`` with one worker, cold (the store's pages evicted from the
-  page cache first) and warm; ``ratio`` = its warm clips/s over the ceiling; ``read-clips-2workers`` the
-  same with two, ``ratio`` = cold clips/s over the clips/s the base encoder trains at (forward+backward,
-  batch 1, from the encoder suite);
+  them) in random order through the training loader (``ClipLoader``) with one worker, cold (the worker
+  starting, the store's pages evicted from the page cache first) and warm (a second pass); ``ratio`` = its
+  warm clips/s over the ceiling; ``data-loader-per-worker-pytorch-collate`` the same through a plain
+  ``DataLoader`` (new shared memory for every batch); ``read-clips-2workers`` the training loader with two,
+  ``ratio`` = cold clips/s over the clips/s the base encoder trains at (forward+backward, batch 1, from the
+  encoder suite);
 - ``data-sustained-<rate>`` for 100, 250 and 1,000 clips/s, and for a rate this machine can feed (80 % of
   what its cores but one read): the workers that rate needs at the measured per-worker rate (capped at
   this machine's cores), and a consumer taking batches of 8 at that rate from
@@ -158,27 +160,33 @@ def measure_store_reads(store: str, clips: int) -> dict:
                   clips_per_s=clips / seconds)
 
 
-def measure_reads(store: str, clips: int, workers: int) -> dict:
-    """Random-order clips through a ``DataLoader`` with ``workers`` processes, cold (the store's pages evicted)
-    and warm: the stored bytes as training gets them (:func:`neurostorm.train.data.make_loader`'s collate)."""
+def measure_reads(store: str, clips: int, workers: int, pytorch_collate: bool = False) -> dict:
+    """Random-order clips through the training loader (:class:`neurostorm.data.ClipLoader`, batches of one)
+    with ``workers`` processes, cold (the store's pages evicted) and warm: the stored bytes as training gets
+    them. With ``pytorch_collate``, a plain ``DataLoader`` instead, whose collate puts every batch in new
+    shared memory: what the reused segments save."""
     import time
 
     from torch.utils.data import DataLoader, Subset
 
     from neurostorm.data.datasets import collate_clips
+    from neurostorm.data.loading import ClipLoader
 
     dataset, order = _clip_order(store, clips)
     baseline = rss_mib()
+    options = {"batch_size": 1, "num_workers": workers, "persistent_workers": True}  # warm: started, pages cached
+    loader = DataLoader(Subset(dataset, order), collate_fn=collate_clips, **options) if pytorch_collate \
+        else ClipLoader(Subset(dataset, order), **options)
     rates = {}
     for state in ("cold", "warm"):
         if state == "cold":
             _evict(store)
-        loader = DataLoader(Subset(dataset, order), batch_size=1, num_workers=workers, collate_fn=collate_clips)
         start = time.perf_counter()
         for batch in loader:
             assert batch["x"].shape[-4:] == (CLIP_FRAMES, 96, 96, 96)  # as stored
         rates[state] = clips / (time.perf_counter() - start)
-    name = "data-loader-per-worker" if workers == 1 else f"read-clips-{workers}workers"
+    name = f"data-loader-per-worker{'-pytorch-collate' if pytorch_collate else ''}" if workers == 1 \
+        else f"read-clips-{workers}workers"
     return record(name, [clips, 1, 96, 96, 96, CLIP_FRAMES], clips / rates["warm"], baseline,
                   clips_per_s=rates["warm"], clips_per_s_cold=rates["cold"], clips_per_s_warm=rates["warm"])
 
@@ -192,12 +200,12 @@ def measure_sustained(store: str, rate: float, workers: int, batches: int, batch
     import time
 
     import psutil
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
 
-    from neurostorm.data.datasets import collate_clips
+    from neurostorm.data.loading import ClipLoader
 
     dataset, order = _clip_order(store, batches * batch_size)
-    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
+    loader = ClipLoader(Subset(dataset, order), batch_size=batch_size, num_workers=workers,
                         prefetch_factor=2 if workers else None, persistent_workers=workers > 0)
     peak, done = [0.0], threading.Event()
 
@@ -254,16 +262,18 @@ def run(quick: bool, workdir: Path, encoder_clips_per_s: float | None) -> list[d
     ceiling = run_child("data", "measure_codec_ceiling", store)
     one_process = run_child("data", "measure_store_reads", store, clips)
     per_worker = run_child("data", "measure_reads", store, clips, 1)
+    pytorch_collate = run_child("data", "measure_reads", store, clips, 1, True)
     if "error" not in ceiling:
         one_process = {**one_process, "ratio": one_process["clips_per_s"] / ceiling["clips_per_s"],
                        "ratio_means": "clips/s read in one process, no loader / the codec's clips/s"}
-        per_worker = {**per_worker, "ratio": per_worker["clips_per_s"] / ceiling["clips_per_s"],
-                      "ratio_means": "warm clips/s of one loader worker / the codec's clips/s"}
+        per_worker, pytorch_collate = ({**row, "ratio": row["clips_per_s"] / ceiling["clips_per_s"],
+                                        "ratio_means": "warm clips/s of one loader worker / the codec's clips/s"}
+                                       if "error" not in row else row for row in (per_worker, pytorch_collate))
     reads = run_child("data", "measure_reads", store, clips, 2)
     if encoder_clips_per_s and "error" not in reads:
         reads = {**reads, "ratio": reads["clips_per_s_cold"] / encoder_clips_per_s,
                  "ratio_means": "cold clips/s read / base encoder training clips/s"}
-    results += [ceiling, one_process, per_worker, reads]
+    results += [ceiling, one_process, per_worker, pytorch_collate, reads]
     cores = os.cpu_count() or 1
     # the GPU rates, and one this machine can feed (80 % of what its cores but one read) to show a fed consumer
     within_reach = int(0.8 * per_worker["clips_per_s"] * max(1, cores - 1)) if "error" not in per_worker else 10

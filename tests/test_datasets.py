@@ -109,12 +109,49 @@ def test_a_batch_mixing_storages_is_decoded_before_it_is_stacked(stores_by_stora
     assert torch.equal(decoded(batch)["x"], torch.stack(expected))
 
 
+def _segment(x: torch.Tensor) -> int:
+    """The shared-memory segment a batch received from a loader worker lies in (its inode)."""
+    import os
+
+    fd, _ = x.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+@pytest.mark.parametrize("storage", ["int8", "float16"])
+def test_clip_loader_workers_reuse_released_batches_and_never_a_kept_one(stores_by_storage, storage):
+    """Two workers read batches into shared segments they reuse once this process has dropped them: every
+    batch equals the clips read here, far fewer segments than batches serve an epoch dropped as it goes, and
+    an epoch kept whole stays intact while the workers go on with another."""
+    from neurostorm.data.loading import ClipLoader
+
+    dataset = ClipDataset(stores_by_storage[storage], sequence_length=4, stride=2)
+    expected = [collate_clips([dataset[i] for i in range(k, min(k + 3, len(dataset)))])
+                for k in range(0, len(dataset), 3)]
+    loader = ClipLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True)
+
+    def check(batch: dict, k: int) -> None:
+        assert set(batch) == set(expected[k]) and batch["x"].dtype == expected[k]["x"].dtype
+        for key in ("x", "scale", "start"):
+            assert torch.equal(batch[key], expected[k][key]), (k, key)
+
+    segments = []
+    for k, batch in enumerate(loader):
+        check(batch, k)
+        segments.append(_segment(batch["x"]))
+    assert len(set(segments)) <= 2 * (1 + loader.collate_fn.slots) < len(segments)  # each: its first batch, kept ones
+    kept = list(loader)
+    for k, batch in enumerate(loader):  # the workers' kept segments are all held: new ones, kept ones untouched
+        check(batch, k)
+    for k, batch in enumerate(kept):
+        check(batch, k)
+
+
 def test_a_chunk_that_fails_to_decompress_names_the_run_and_frame(stores_by_storage, tmp_path):
     """A damaged shard: the read names the run's folder and the first frame it cannot decode, the same at
     any number of loader workers (the worker's error reaches the caller as it was raised)."""
     import shutil
 
-    from torch.utils.data import DataLoader
+    from neurostorm.data.loading import ClipLoader
 
     copy = tmp_path / "store"
     shutil.copytree(stores_by_storage["int8"].location, copy)
@@ -126,14 +163,14 @@ def test_a_chunk_that_fails_to_decompress_names_the_run_and_frame(stores_by_stor
     dataset = ClipDataset(copy, sequence_length=8)
     for workers in (0, 2):
         with pytest.raises(InputError, match=rf"{run_id}\.zarr: frame \d+ cannot be read") as err:
-            list(DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_clips))
+            list(ClipLoader(dataset, batch_size=2, num_workers=workers))
         assert err.value.path.endswith(f"runs/{run_id}.zarr")
 
 
 def test_frames_read_by_shard_equal_zarr_reads(stores_by_storage, tmp_path):
     """The ranged shard reads give zarr's values for every window (within and across shards, the short last
     shard), for both storages, for a frame never written (all zeros, left out of its shard) and for a layout
-    they do not parse (read through zarr)."""
+    they do not parse (read through zarr), into a new array or into one given."""
     import zarr
 
     from neurostorm.data.runs import FrameReader, RunWriter, open_run
@@ -153,10 +190,14 @@ def test_frames_read_by_shard_equal_zarr_reads(stores_by_storage, tmp_path):
     writer.commit({})
     reader = FrameReader(str(tmp_path), "sparse", open_run(str(tmp_path), "sparse"))
     assert np.array_equal(reader.read(18, 25), frames[18:25]) and np.array_equal(reader.read(0, 25), frames)
+    out = np.full((7, 4, 5, 6), 7, np.int8)
+    assert reader.read(18, 25, out=out) is out and np.array_equal(out, frames[18:25])
     other = zarr.open_group(tmp_path / "runs" / "plain.zarr", mode="w")
     other.create_array("bold", data=frames, chunks=(5, 4, 5, 6))  # no shards: read through zarr
     reader = FrameReader(str(tmp_path), "plain", open_run(str(tmp_path), "plain"))
     assert reader.shard_frames is None and np.array_equal(reader.read(3, 17), frames[3:17])
+    out = np.full((14, 4, 5, 6), 7, np.int8)  # a batch's row, as a loader worker reads into its segment
+    assert reader.read(3, 17, out=out) is out and np.array_equal(out, frames[3:17])
 
 
 def test_a_loader_worker_killed_mid_epoch_is_reported_in_one_line(store_4mm, tmp_path):

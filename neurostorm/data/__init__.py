@@ -6,7 +6,7 @@ say, for the command line) does not import PyTorch.
 
 from importlib import import_module
 
-_EXPORTS = {"ClipDataset": "datasets", "FCDataset": "datasets", "ROIDataset": "datasets",
+_EXPORTS = {"ClipDataset": "datasets", "FCDataset": "datasets", "ROIDataset": "datasets", "ClipLoader": "loading",
             "PreprocessConfig": "preprocess", "preprocess": "preprocess", "Store": "store",
             "load_or_make_split": "splits", "make_split": "splits", "check_store": "integrity",
             "merge_manifest": "manifest"}

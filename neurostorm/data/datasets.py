@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import ConcatDataset, Dataset, default_collate
 
+from neurostorm.data.shared_batches import kept_segments
 from neurostorm.data.store import Store
 from neurostorm.errors import InputError
 
@@ -52,13 +54,70 @@ class _Labelled:
         """The label of every selected run, in order (class indices or values)."""
         return np.array([self._label_of[r] for r in self.runs["run_id"]])
 
-    def _sample(self, record: pd.Series, x: torch.Tensor, **extra: object) -> dict:
-        """An item: ``x``, ``subject``, ``run_id``, any ``extra`` fields, and ``y`` when labelled."""
-        sample = {"x": x, "subject": str(record["subject"]), "run_id": record["run_id"], **extra}
+    def _fields(self, record: pd.Series, **extra: object) -> dict:
+        """An item's fields but ``x``: ``subject``, ``run_id``, any ``extra`` fields, and ``y`` when labelled."""
+        fields = {"subject": str(record["subject"]), "run_id": record["run_id"], **extra}
         if self.label is not None:
             value = self._label_of[record["run_id"]]
-            sample["y"] = torch.tensor(value, dtype=torch.float32 if self.classes is None else torch.long)
-        return sample
+            fields["y"] = torch.tensor(value, dtype=torch.float32 if self.classes is None else torch.long)
+        return fields
+
+    def _sample(self, record: pd.Series, x: torch.Tensor, **extra: object) -> dict:
+        return {"x": x, **self._fields(record, **extra)}
+
+
+class _StoredClips:
+    """Items of stored clips, one at a time or a batch at once (``__getitems__``, which a ``DataLoader``
+    calls; see :func:`read_batch`). A dataset says where each item lies (``_located``)."""
+
+    store: Store
+    sequence_length: int
+
+    def _located(self, item: int) -> tuple[str, int, dict]:
+        """The run and first frame of an item's clip, and the item's other fields."""
+        raise NotImplementedError
+
+    def __getitem__(self, item: int) -> dict:
+        return self._item(*self._located(item))
+
+    def _item(self, run_id: str, start: int, fields: dict) -> dict:
+        x, scale = stored_clip(self.store, run_id, start, self.sequence_length)
+        return {"x": x, "scale": scale, **fields}
+
+    def __getitems__(self, items: list[int]) -> list[dict]:
+        return read_batch([(self, item) for item in items])
+
+
+def read_batch(parts: list[tuple[_StoredClips, int]]) -> list[dict]:
+    """The items of one batch, (dataset, index) pairs. In a :class:`~neurostorm.data.loading.ClipLoader` worker
+    their clips are read into one (B, 1, T, X, Y, Z) segment of shared memory it reuses, which
+    :func:`collate_clips` hands over without a copy; elsewhere, or when their dtypes or shapes differ (int8 and
+    float16 runs: :func:`collate_clips` makes them one), each is read on its own."""
+    located = [(dataset, *dataset._located(item)) for dataset, item in parts]
+    dtypes = {dataset.store.stored_dtype(run_id) for dataset, run_id, _, _ in located}
+    shapes = {(dataset.sequence_length, *dataset.store.grid.shape) for dataset, *_ in located}
+    segments = kept_segments()
+    if segments is None or len(dtypes) > 1 or len(shapes) > 1:
+        return [dataset._item(*where) for dataset, *where in located]
+    dtype = torch.from_numpy(np.empty(0, dtypes.pop())).dtype
+    x = segments.take((len(parts), 1, *shapes.pop()), dtype)  # (B, 1, T, X, Y, Z)
+    batch = []
+    for clip, (dataset, run_id, start, fields) in zip(x, located, strict=True):
+        _, scale = dataset.store.read_stored(run_id, start, dataset.sequence_length, out=clip[0].numpy())
+        batch.append({"x": clip, "scale": torch.from_numpy(scale), **fields})
+    return batch
+
+
+class ClipsOfStores(ConcatDataset):
+    """The clip datasets of several stores as one (pretraining's); a batch is read at once, as by one of them
+    (:func:`read_batch`)."""
+
+    def __getitems__(self, items: list[int]) -> list[dict]:
+        parts = []
+        for item in items:
+            which = bisect.bisect_right(self.cumulative_sizes, item)
+            parts.append((self.datasets[which], item - (self.cumulative_sizes[which - 1] if which else 0)))
+        return read_batch(parts)
 
 
 def clip_starts(n_frames: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +129,7 @@ def clip_starts(n_frames: np.ndarray, length: int, stride: int) -> tuple[np.ndar
     return rows, (np.arange(len(rows)) - first_of_run) * stride
 
 
-class ClipDataset(Dataset, _Labelled):
+class ClipDataset(_StoredClips, Dataset, _Labelled):
     """Clips of ``sequence_length`` frames from a store, in the store's own bytes.
 
     Clips start every ``stride`` frames (default: non-overlapping). With ``random_crop`` each item draws a
@@ -96,13 +155,12 @@ class ClipDataset(Dataset, _Labelled):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> dict:
+    def _located(self, item: int) -> tuple[str, int, dict]:
         row, start = int(self.rows[item]), int(self.starts[item])
         record = self.runs.iloc[row]
         if self.random_crop:
             start = int(torch.randint(0, int(record["n_frames"]) - self.sequence_length + 1, (1,)))
-        x, scale = stored_clip(self.store, record["run_id"], start, self.sequence_length)
-        return self._sample(record, x, scale=scale, start=start)
+        return record["run_id"], start, self._fields(record, start=start)
 
 
 def stored_clip(store: Store, run_id: str, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +191,36 @@ def decoded(batch: dict) -> dict:
     return {**{k: v for k, v in batch.items() if k != "scale"}, "x": decode_clips(batch["x"], batch["scale"])}
 
 
+def same_dtype(items: list[dict]) -> list[dict]:
+    """Dataset items whose stored clips share one dtype: int8 and float16 runs mixed in one batch are scaled to
+    float32 (still in the stored order), with unit scales; items of one dtype come back as they are."""
+    if len({item["x"].dtype for item in items if "scale" in item}) <= 1:
+        return items
+    return [{**item, "x": _scaled(item["x"], item["scale"]), "scale": torch.ones_like(item["scale"])}
+            if "scale" in item else item for item in items]
+
+
+def stacked(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The tensor (N, ...) whose rows ``tensors`` (N of one shape) already are, in order; None when they are
+    not consecutive in one storage."""
+    first = tensors[0]
+    address, step = first.untyped_storage().data_ptr(), first.numel()
+    for k, tensor in enumerate(tensors):
+        if (tensor.untyped_storage().data_ptr() != address or not tensor.is_contiguous()
+                or tensor.shape != first.shape or tensor.dtype != first.dtype
+                or tensor.storage_offset() != first.storage_offset() + k * step):
+            return None
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (len(tensors), *first.shape))
+
+
 def collate_clips(items: list[dict]) -> dict:
-    """``default_collate`` of dataset items; stored clips of different dtypes in one batch (int8 and float16
-    runs mixed) are scaled to float32 first (still in the stored order), with unit scales."""
-    if len({item["x"].dtype for item in items if "scale" in item}) > 1:
-        items = [{**item, "x": _scaled(item["x"], item["scale"]), "scale": torch.ones_like(item["scale"])}
-                 if "scale" in item else item for item in items]
-    return default_collate(items)
+    """``default_collate`` of dataset items, stored clips of different dtypes made one first (:func:`same_dtype`);
+    clips read into one tensor (a batch of ``__getitems__``) are that tensor, not a copy."""
+    items = same_dtype(items)
+    x = stacked([item["x"] for item in items]) if "scale" in items[0] else None
+    if x is None:
+        return default_collate(items)
+    return {**default_collate([{k: v for k, v in item.items() if k != "x"} for item in items]), "x": x}
 
 
 def clip_tensor(store: Store, run_id: str, start: int, length: int) -> torch.Tensor:
@@ -147,7 +228,7 @@ def clip_tensor(store: Store, run_id: str, start: int, length: int) -> torch.Ten
     return decode_clips(*stored_clip(store, run_id, start, length))
 
 
-class EventClipDataset(Dataset):
+class EventClipDataset(_StoredClips, Dataset):
     """Clips labelled by the task condition they lie in, from each run's BIDS ``*_events.tsv``.
 
     Events are looked up next to the run's source file and under ``events_roots`` (a raw BIDS dataset),
@@ -182,12 +263,11 @@ class EventClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, item: int) -> dict:
+    def _located(self, item: int) -> tuple[str, int, dict]:
         record, start, condition = self.clips[item]
-        x, scale = stored_clip(self.store, record["run_id"], start, self.sequence_length)
-        return {"x": x, "scale": scale,
-                "subject": str(record["subject"]), "run_id": record["run_id"], "start": start,
-                "y": torch.tensor(self.classes.index(condition), dtype=torch.long)}
+        return record["run_id"], start, {"subject": str(record["subject"]), "run_id": record["run_id"],
+                                         "start": start,
+                                         "y": torch.tensor(self.classes.index(condition), dtype=torch.long)}
 
 
 class ROIDataset(Dataset, _Labelled):

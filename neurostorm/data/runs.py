@@ -194,11 +194,13 @@ class FrameReader:
             self._indexes[shard] = np.frombuffer(tail[:-4], dtype="<u8").reshape(self.shard_frames, 2)
         return self._indexes[shard]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames [start, stop) as stored, (stop - start, X, Y, Z)."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames [start, stop) as stored, (stop - start, X, Y, Z), into ``out`` when given."""
+        if out is None:
+            out = np.empty((stop - start, *self.bold.shape[1:]), dtype=self.bold.dtype)
         if self.shard_frames is None:
-            return np.asarray(self.bold[start:stop])
-        out = np.empty((stop - start, *self.bold.shape[1:]), dtype=self.bold.dtype)
+            out[...] = self.bold[start:stop]
+            return out
         frame = start
         while frame < stop:
             shard, first = divmod(frame, self.shard_frames)

@@ -224,18 +224,23 @@ class Store:
     def n_frames(self, run_id: str) -> int:
         return int(self.run(run_id)["bold"].shape[0])
 
-    def read_stored(self, run_id: str, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frames [start, start + length) of a run as stored: values (length, X, Y, Z), int8 or float16, and
-        the per-frame scale (length,) float32 (ones for float16), so that value = stored × scale. Loaders move
-        these bytes, a quarter of float32's for int8; :func:`decode_frames` (or on a device
-        :func:`neurostorm.data.datasets.decoded`) makes the float32 clip."""
+    def stored_dtype(self, run_id: str) -> np.dtype:
+        """The dtype a run's frames are stored in (int8 or float16)."""
+        return self._reader(run_id)[0].bold.dtype
+
+    def read_stored(self, run_id: str, start: int, length: int,
+                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [start, start + length) of a run as stored: values (length, X, Y, Z), int8 or float16 (into
+        ``out`` when given), and the per-frame scale (length,) float32 (ones for float16), so that value =
+        stored × scale. Loaders move these bytes, a quarter of float32's for int8; :func:`decode_frames` (or
+        on a device :func:`neurostorm.data.datasets.decoded`) makes the float32 clip."""
         group = self.run(run_id)
         reader, scales = self._reader(run_id)
         stop = start + length
         if start < 0 or stop > len(scales):
             raise IndexError(f"{run_id}: frames [{start}, {stop}) outside 0..{len(scales)}")
         try:
-            values = reader.read(start, stop)
+            values = reader.read(start, stop, out)
         except Exception as err:  # the codec's own error types differ (zstd, blosc, a truncated shard)
             frame = self._unreadable_frame(group, start, stop)
             raise InputError(f"{self.location}/runs/{run_id}.zarr",

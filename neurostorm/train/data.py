@@ -17,11 +17,12 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from neurostorm.data.datasets import ClipDataset, EventClipDataset, FCDataset, collate_clips, decoded
+from neurostorm.data.datasets import ClipDataset, ClipsOfStores, EventClipDataset, FCDataset, decoded
 from neurostorm.data.files import write_json_atomic
 from neurostorm.data.harmonize import harmonize_splits
+from neurostorm.data.loading import ClipLoader
 from neurostorm.data.roi import rois_of_store
 from neurostorm.data.splits import load_or_make_split, make_split, site_split
 from neurostorm.data.store import Store
@@ -53,24 +54,25 @@ def split_path(config: ExperimentConfig, run_dir: Path) -> Path:
     return Path(config.data.split_file) if config.data.split_file else Path(run_dir) / "split.json"
 
 
-# loader processes per GPU when data.num_workers is not set: one worker delivers about 55 base clips/s of an
-# int8 store (benchmarks data suite, data-loader-per-worker), so 6 feed the few hundred clips/s of base-model
-# training on one H100-class GPU (capped at the cores but one)
+# loader processes per GPU when data.num_workers is not set: one worker delivers about 85 base clips/s of an
+# int8 store cold and 100 warm (benchmarks data suite, data-loader-per-worker), so 6 feed the few hundred
+# clips/s of base-model training on one H100-class GPU with room for slower disks (capped at the cores but one)
 LOADER_WORKERS_ON_GPU = 6
 
 
 def make_loader(dataset: Dataset, config: ExperimentConfig, **options) -> DataLoader:
     """A loader with the run's batch size and ``data.num_workers`` (kept alive between epochs; not set: none on
-    a CPU, :data:`LOADER_WORKERS_ON_GPU` or the cores but one on a GPU), batches of
-    stored clips (:func:`collate_clips`), in pinned host memory when training on a GPU so that the copy to
-    the device runs beside the step; ``options`` go to ``DataLoader`` (shuffle, sampler, generator, …)."""
+    a CPU, :data:`LOADER_WORKERS_ON_GPU` or the cores but one on a GPU), batches of stored clips
+    (:class:`ClipLoader`: workers reuse the shared memory of dropped batches), in pinned host memory when
+    training on a GPU so that the copy to the device runs beside the step; ``options`` go to ``DataLoader``
+    (shuffle, sampler, generator, …)."""
     on_gpu = config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     workers = config.data.num_workers
     if workers is None:  # the CPU's cores train; a GPU's step needs the reads beside it
         workers = min(LOADER_WORKERS_ON_GPU, max(1, (os.cpu_count() or 1) - 1)) if on_gpu else 0
-    return DataLoader(dataset, batch_size=config.data.batch_size, num_workers=workers, collate_fn=collate_clips,
-                      pin_memory=on_gpu, persistent_workers=workers > 0,
-                      prefetch_factor=config.data.prefetch_batches if workers else None, **options)
+    return ClipLoader(dataset, batch_size=config.data.batch_size, num_workers=workers, pin_memory=on_gpu,
+                      persistent_workers=workers > 0, prefetch_factor=config.data.prefetch_batches if workers else None,
+                      **options)
 
 
 @torch.inference_mode()
@@ -213,9 +215,10 @@ class LabelledClips(L.LightningDataModule):
 
 
 class StoreMixSampler(Sampler[int]):
-    """Indices into a ConcatDataset of stores: per epoch ``weight × min(size, max_clips)`` clips of each store,
-    drawn without replacement where they fit, shuffled together. The order depends on (seed, epoch) only:
-    Lightning sets the epoch (so a resumed run replays the same orders); without it, each pass advances it."""
+    """Indices into the clips of several stores (:class:`ClipsOfStores`): per epoch
+    ``weight × min(size, max_clips)`` clips of each store, drawn without replacement where they fit, shuffled
+    together. The order depends on (seed, epoch) only: Lightning sets the epoch (so a resumed run replays the
+    same orders); without it, each pass advances it."""
 
     def __init__(self, sizes: list[int], weights: list[float], caps: list[int | None], seed: int = 0) -> None:
         self.sizes, self.weights, self.caps, self.seed = sizes, weights, caps, seed
@@ -261,7 +264,8 @@ class PretrainClips(L.LightningDataModule):
             train_sets.append(ClipDataset(store, train_ids, data.sequence_length, random_crop=data.random_crop))
             if val_ids:
                 val_sets.append(ClipDataset(store, val_ids, data.sequence_length, stride=data.stride))
-        self.train_set, self.val_set = ConcatDataset(train_sets), ConcatDataset(val_sets) if val_sets else None
+        self.train_set = ClipsOfStores(train_sets)
+        self.val_set = ClipsOfStores(val_sets) if val_sets else None
         self.sampler = StoreMixSampler([len(d) for d in train_sets], [s.weight for s in data.stores],
                                        [s.max_clips for s in data.stores], seed)
         self.generator = torch.Generator().manual_seed(seed)  # the loader's own draws; saved in checkpoints
