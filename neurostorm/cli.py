@@ -50,7 +50,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     if args.like:
         chosen.update(_preprocessing_of_model(args.like, chosen))
     try:
-        config = PreprocessConfig(**chosen, input_tr=args.input_tr, min_frames=args.min_frames, non_mni=args.non_mni)
+        config = PreprocessConfig(**chosen, input_tr=args.input_tr, min_frames=args.min_frames, non_mni=args.non_mni,
+                                  codec=args.codec)
     except ValueError as err:
         raise InputError("neurostorm preprocess", str(err)) from None
     result = preprocess(args.inputs, args.out, config, workers=args.workers, labels=args.labels,
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "reference's fill, the run's minimum normalised brain value however low")
     pre.add_argument("--storage", choices=("int8", "float16"), default="int8",
                      help="stored value type (int8 uses a per-frame scale)")
+    pre.add_argument("--codec", choices=("zstd", "lz4"), default="zstd",
+                     help="compression of the stored frames: zstd is a quarter smaller, lz4 decodes 3 times "
+                          "faster (fewer loader workers per GPU); a run already stored is not rewritten for it")
     pre.add_argument("--min-frames", type=int, default=20, help="refuse runs shorter than this (one clip)")
     pre.add_argument("--non-mni", choices=("error", "warn"), default="error",
                      help="what to do with data that does not look like whole-brain MNI152")

@@ -73,17 +73,19 @@ def test_roi_and_fc_datasets(store, tmp_path):
 
 @pytest.fixture(scope="module")
 def stores_by_storage(cohort, tmp_path_factory):
-    """The cohort's first three runs stored as int8 and as float16, on the 4 mm grid."""
+    """The cohort's first three runs stored as int8 and as float16 (zstd), and as int8 with lz4, on the 4 mm
+    grid."""
     runs = sorted(cohort.glob("sub-*/func/*_bold.nii.gz"))[:3]
     out = tmp_path_factory.mktemp("storages")
-    for storage in ("int8", "float16"):
-        result = preprocess(runs, out / storage, PreprocessConfig(grid="mni152-fsl-4mm-48", storage=storage),
-                            progress=False)
-        assert not result.failures
-    return {storage: Store(out / storage) for storage in ("int8", "float16")}
+    kinds = {"int8": ("int8", "zstd"), "float16": ("float16", "zstd"), "int8-lz4": ("int8", "lz4")}
+    for name, (storage, codec) in kinds.items():
+        config = PreprocessConfig(grid="mni152-fsl-4mm-48", storage=storage, codec=codec)
+        assert not preprocess(runs, out / name, config, progress=False).failures
+    return {name: Store(out / name) for name in kinds}
 
 
-@pytest.mark.parametrize("storage, dtype", [("int8", torch.int8), ("float16", torch.float16)])
+@pytest.mark.parametrize("storage, dtype", [("int8", torch.int8), ("float16", torch.float16),
+                                            ("int8-lz4", torch.int8)])
 def test_loaders_move_the_stored_bytes_and_decode_to_the_same_numbers(stores_by_storage, storage, dtype):
     """A batch holds the stored values (a quarter of float32's bytes for int8) and per-frame scales; decoding
     it where the model runs gives exactly the float32 clip the store reads on the CPU."""
@@ -170,7 +172,8 @@ def test_a_chunk_that_fails_to_decompress_names_the_run_and_frame(stores_by_stor
 def test_frames_read_by_shard_equal_zarr_reads(stores_by_storage, tmp_path):
     """The ranged shard reads give zarr's values for every window (within and across shards, the short last
     shard), for both storages, for a frame never written (all zeros, left out of its shard) and for a layout
-    they do not parse (read through zarr), into a new array or into one given."""
+    they do not parse (read through zarr), into a new array or into one given; zstd and lz4 runs hold the
+    same values and are both read by the fast path."""
     import zarr
 
     from neurostorm.data.runs import FrameReader, RunWriter, open_run
@@ -182,6 +185,11 @@ def test_frames_read_by_shard_equal_zarr_reads(stores_by_storage, tmp_path):
         assert reader.shard_frames == 20
         for start, stop in ((0, 8), (15, 24), (20, 24), (3, 23), (0, 24)):
             assert np.array_equal(reader.read(start, stop), bold[start:stop])
+    zstd, lz4 = stores_by_storage["int8"], stores_by_storage["int8-lz4"]
+    assert zstd.manifest["data_sha256"].tolist() == lz4.manifest["data_sha256"].tolist()  # the same values
+    run_id = zstd.manifest["run_id"].iloc[0]
+    for store, decoder in ((zstd, "Zstd"), (lz4, "Blosc")):
+        assert type(FrameReader(store.location, run_id, store.run(run_id)).decoder).__name__ == decoder
     frames = np.random.default_rng(0).integers(-100, 100, (25, 4, 5, 6)).astype(np.int8)
     frames[21] = 0  # zarr leaves an all-fill chunk out of the shard
     writer = RunWriter(str(tmp_path), "sparse", 25, (4, 5, 6), "int8", np.ones((4, 5, 6), bool))

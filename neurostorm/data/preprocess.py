@@ -44,7 +44,7 @@ from neurostorm.data.ingest import (
 )
 from neurostorm.data.manifest import manifest_row, merge_if_idle, read_manifest, write_part
 from neurostorm.data.parallel import TaskRunner
-from neurostorm.data.runs import RunWriter, completed_record
+from neurostorm.data.runs import CODECS, RunWriter, completed_record
 from neurostorm.data.store import Store, open_store_for_writing, remove_stale_temporaries
 from neurostorm.errors import InputError
 from neurostorm.version import __version__
@@ -54,7 +54,8 @@ _READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.I
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Parameters of preprocessing; all but ``block_frames`` and ``max_upsampling`` are recorded with every run."""
+    """Parameters of preprocessing; all but ``codec``, ``block_frames`` and ``max_upsampling`` are recorded with
+    every run."""
 
     tr: float | None = 0.8  # target TR in seconds; None keeps each run's own TR
     input_tr: float | None = None  # override the source TR (when headers and sidecars lack it)
@@ -67,11 +68,13 @@ class PreprocessConfig:
     non_mni: str = "error"  # "error" or "warn" when the data does not look like whole-brain MNI
     min_mni_overlap: float = 0.8  # share of the data's brain inside the (dilated) MNI brain
     min_mni_coverage: float = 0.5  # share of the MNI brain covered by the data's brain
+    codec: str = "zstd"  # "zstd" or "lz4": how the stored frames are compressed (see neurostorm.data.runs.CODECS)
     block_frames: int = 16  # frames decoded at once (memory vs. speed; not recorded)
 
     def __post_init__(self) -> None:
         checks = {
             "normalization": ("zscore", "minmax"), "storage": ("int8", "float16"), "non_mni": ("error", "warn"),
+            "codec": tuple(CODECS),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -88,6 +91,7 @@ class PreprocessConfig:
     def recorded(self) -> dict:
         params = asdict(self)
         params.pop("block_frames")
+        params.pop("codec")  # how the same values are compressed: a run is not written again for it
         params.pop("max_upsampling")  # a check, not a step: the stored values do not depend on it
         if self.fill_floor is None:  # stores written before the setting existed stay up to date
             params.pop("fill_floor")
@@ -337,7 +341,7 @@ def preprocess_run(source: RunSource, store: str, config: PreprocessConfig, chec
     """Preprocess one run into ``runs/<run_id>.zarr`` of the store at ``store``; returns its record."""
     run = _Run(source, config)
     norm = measure(run)
-    writer = RunWriter(store, source.run_id, run.n_frames, run.grid.shape, config.storage, norm.mask)
+    writer = RunWriter(store, source.run_id, run.n_frames, run.grid.shape, config.storage, norm.mask, config.codec)
     squared_error = 0.0
     try:
         for frame in run.frames():  # pass 2: normalise, quantise, write

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from numcodecs import Zstd
+from numcodecs import Blosc, Zstd
+from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
 from neurostorm.data.files import filesystem, is_url, owned_temporary
 
 SHARD_FRAMES = 20
-ZSTD = Zstd()  # decodes any zstd frame, whatever level wrote it
+# how a frame's bytes are compressed (preprocess --codec), measured in benchmarks/data.py on 96³ int8 frames:
+# zstd (level 3) 4.4× smaller, one core decodes ~165 clips/s of 20 frames; lz4 (blosc, no shuffle, a zarr v3
+# core codec) 3.2× smaller, ~560 clips/s; shuffling the bits or bytes of int8 frames compresses them worse
+CODECS = {"zstd": ZstdCodec(), "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")}
+DECODERS = {"ZstdCodec": Zstd(), "BloscCodec": Blosc()}  # each decodes any frame of its codec, whatever settings
 OPEN_ERRORS = (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError)  # a run group missing or broken
 
 
@@ -54,7 +59,7 @@ class RunWriter:
     """
 
     def __init__(self, location: str, run_id: str, n_frames: int, grid_shape: tuple[int, int, int],
-                 dtype: str, mask: np.ndarray) -> None:
+                 dtype: str, mask: np.ndarray, codec: str = "zstd") -> None:
         self.location, self.run_id = location, run_id
         if is_url(location):  # staged on local disk, uploaded by commit
             self.tmp = Path(tempfile.mkdtemp(prefix="neurostorm-")) / f"{run_id}.zarr"
@@ -64,7 +69,7 @@ class RunWriter:
             self.group = zarr.open_group(LocalStore(self.tmp), mode="w")
             shard = (min(SHARD_FRAMES, n_frames), *grid_shape)
             self.bold = self.group.create_array("bold", shape=(n_frames, *grid_shape), dtype=dtype,
-                                                chunks=(1, *grid_shape), shards=shard)
+                                                chunks=(1, *grid_shape), shards=shard, compressors=CODECS[codec])
             self.scale = self.group.create_array("scale", shape=(n_frames,), dtype="float32") \
                 if dtype == "int8" else None
             self.group.create_array("mask", data=np.asarray(mask, dtype=bool))
@@ -149,10 +154,10 @@ class FrameReader:
 
     A clip's frames are consecutive chunks of one or two shards, written in time order, so each shard's
     part is one contiguous byte range: it is read at once and every frame's chunk is decompressed by the
-    codec straight into the output array (measured in ``benchmarks/data.py``: the loader then runs at about
-    two thirds of the codec's own rate, zarr's general read path at a third). Shard indexes are read once per
-    run. A layout other than the one :class:`RunWriter` writes (sharded chunks of one frame, zstd, index at
-    the end) is read through zarr, as is anything the fast path cannot parse.
+    codec straight into the output array (measured in ``benchmarks/data.py``: one process reads at about
+    four fifths of the codec's own rate, zarr's general read path at a third). Shard indexes are read once per
+    run. A layout other than the ones :class:`RunWriter` writes (sharded chunks of one frame, zstd or blosc,
+    index at the end) is read through zarr, as is anything the fast path cannot parse.
     """
 
     MISSING = 2**64 - 1  # an index entry of a chunk never written (all fill value)
@@ -161,24 +166,25 @@ class FrameReader:
         self.bold = group["bold"]
         self.fs, root = filesystem(location)
         self.folder = f"{root}/runs/{run_id}.zarr/bold"
-        self.shard_frames = self._direct_layout(self.bold)
+        self.shard_frames, self.decoder = self._direct_layout(self.bold)
         self._indexes: dict[int, np.ndarray] = {}
 
     @staticmethod
-    def _direct_layout(bold: zarr.Array) -> int | None:
-        """Frames per shard when ``bold`` has the layout the fast path reads, else None."""
+    def _direct_layout(bold: zarr.Array) -> tuple[int | None, Zstd | Blosc | None]:
+        """Frames per shard and the frames' decoder when ``bold`` has a layout the fast path reads, else None."""
         meta = bold.metadata
         codecs = getattr(meta, "codecs", ())
         if len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec":
-            return None
+            return None, None
         sharding = codecs[0]
         inner = [type(c).__name__ for c in sharding.codecs]
         index = [type(c).__name__ for c in sharding.index_codecs]
-        if (inner != ["BytesCodec", "ZstdCodec"] or index != ["BytesCodec", "Crc32cCodec"]
-                or sharding.index_location.value != "end" or tuple(sharding.chunk_shape) != (1, *bold.shape[1:])
+        if (len(inner) != 2 or inner[0] != "BytesCodec" or inner[1] not in DECODERS
+                or index != ["BytesCodec", "Crc32cCodec"] or sharding.index_location.value != "end"
+                or tuple(sharding.chunk_shape) != (1, *bold.shape[1:])
                 or getattr(meta.chunk_key_encoding, "separator", None) != "/"):
-            return None
-        return int(bold.shards[0])
+            return None, None
+        return int(bold.shards[0]), DECODERS[inner[1]]
 
     def shard_path(self, shard: int) -> str:
         return f"{self.folder}/c/{shard}/0/0/0"
@@ -224,7 +230,7 @@ class FrameReader:
         data = memoryview(self.fs.cat_file(self.shard_path(shard), start=low, end=high))
         for k in np.flatnonzero(written):
             offset, length = int(entries[k, 0]) - low, int(entries[k, 1])
-            ZSTD.decode(data[offset:offset + length], out=out[k])
+            self.decoder.decode(data[offset:offset + length], out=out[k])
 
 
 def completed_record(location: str | os.PathLike[str], run_id: str) -> dict | None:
