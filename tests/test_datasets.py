@@ -148,6 +148,22 @@ def test_clip_loader_workers_reuse_released_batches_and_never_a_kept_one(stores_
         check(batch, k)
 
 
+def test_the_clips_of_several_stores_load_as_each_store_reads_them(stores_by_storage):
+    """Pretraining's stores as one dataset, in a shuffled order, through two workers: each batch holds the
+    clips each store reads, zstd and lz4 runs in one segment, float16 runs beside int8 ones made float32."""
+    from neurostorm.data.datasets import ClipsOfStores
+    from neurostorm.data.loading import ClipLoader
+
+    stores = ClipsOfStores([ClipDataset(stores_by_storage[name], sequence_length=4, stride=4)
+                            for name in ("int8", "int8-lz4", "float16")])
+    order = torch.randperm(len(stores), generator=torch.Generator().manual_seed(0)).tolist()
+    for k, batch in enumerate(ClipLoader(stores, batch_size=4, sampler=order, num_workers=2)):
+        expected = collate_clips([stores[i] for i in order[4 * k:4 * k + 4]])
+        assert batch["run_id"] == expected["run_id"] and batch["x"].dtype == expected["x"].dtype
+        for key in ("x", "scale", "start"):
+            assert torch.equal(batch[key], expected[key]), (k, key)
+
+
 def test_a_chunk_that_fails_to_decompress_names_the_run_and_frame(stores_by_storage, tmp_path):
     """A damaged shard: the read names the run's folder and the first frame it cannot decode, the same at
     any number of loader workers (the worker's error reaches the caller as it was raised)."""

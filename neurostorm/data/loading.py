@@ -23,8 +23,9 @@ SPARE_BATCHES = 2  # segments per worker beyond its prefetched batches: the batc
 
 class ReusingCollate:
     """:func:`collate_clips` that, in a loader worker, hands stored clips over in a shared segment the worker
-    keeps (read there by the dataset's ``__getitems__``, or stacked there when read one by one, as through a
-    ``ConcatDataset`` of stores) with the segment's release under :data:`RELEASE`."""
+    keeps, with the segment's release under :data:`RELEASE`: read there by the dataset's ``__getitems__``
+    (:func:`~neurostorm.data.datasets.read_batch`), or stacked there when they were read elsewhere (a worker's
+    first batch, runs of mixed dtypes, datasets of other kinds)."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
