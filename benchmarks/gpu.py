@@ -222,15 +222,17 @@ def loader_vs_model(store: Path, workdir: Path, steps: int, preset: str = "base"
 
     class Clock(Callback):
         skip = 3  # the first steps compile kernels and start the workers
+        seen = 0  # steps over every epoch (a small store's epoch is a few steps; its ends are part of training)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-            if batch_idx == self.skip:
+            if self.seen == self.skip:
                 self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             _sync("cuda" if on_gpu else "cpu")
-            self.seconds = time.perf_counter() - self.start if batch_idx >= self.skip else float("nan")
-            self.steps = batch_idx + 1 - self.skip
+            self.seen += 1
+            self.seconds = time.perf_counter() - self.start if self.seen > self.skip else float("nan")
+            self.steps = self.seen - self.skip
 
     rates = {}
     repeated = torch.utils.data.DataLoader([batch] * steps, batch_size=None)  # the batch as it is, each step
