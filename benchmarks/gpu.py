@@ -222,7 +222,7 @@ def loader_vs_model(store: Path, workdir: Path, steps: int, preset: str = "base"
 
     class Clock(Callback):
         skip = 3  # the first steps compile kernels and start the workers
-        seen = 0  # steps over every epoch (a small store's epoch is a few steps; its ends are part of training)
+        seen = clips = 0  # over every epoch: a small store's epoch is a few steps, the last one short
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if self.seen == self.skip:
@@ -231,7 +231,8 @@ def loader_vs_model(store: Path, workdir: Path, steps: int, preset: str = "base"
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             _sync("cuda" if on_gpu else "cpu")
             self.seen += 1
-            self.seconds = time.perf_counter() - self.start if self.seen > self.skip else float("nan")
+            if self.seen > self.skip:
+                self.seconds, self.clips = time.perf_counter() - self.start, self.clips + len(batch["x"])
             self.steps = self.seen - self.skip
 
     rates = {}
@@ -244,7 +245,7 @@ def loader_vs_model(store: Path, workdir: Path, steps: int, preset: str = "base"
                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                             callbacks=[clock])
         trainer.fit(PretrainModule(build_model(f"neurostorm-mae-{preset}"), config.optim), train_dataloaders=loader)
-        rates[name] = clock.steps * 8 / clock.seconds
+        rates[name] = clock.clips / clock.seconds if clock.clips else float("nan")
     return _row(f"pretrain-{preset}-loader-vs-model", [clock.steps, 8, *batch["x"].shape[2:]], clock.seconds,
                 clips_per_s=rates["loader"], model_clips_per_s=rates["model"], workers=workers,
                 pinned=bool(batch["x"].is_pinned()), ratio=rates["loader"] / rates["model"],
