@@ -10,7 +10,7 @@ does), and only then may the worker write it again. A batch the consumer keeps i
 worker that finds no free segment allocates a new one, as PyTorch would.
 
 Reuse is on only in the worker processes of a :class:`~neurostorm.data.loading.ClipLoader` (from their
-second batch); elsewhere the clip datasets read each item on its own, as before.
+second batch); elsewhere the clip datasets read each item on its own.
 """
 
 from __future__ import annotations
