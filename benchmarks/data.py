@@ -172,8 +172,9 @@ def measure_codec(store: str, name: str) -> dict:
     opened = Store(store)
     frames, _ = opened.read_stored(opened.manifest["run_id"].iloc[0], 0, 40)  # (40, X, Y, Z) int8
     codec, baseline = _candidate(name), rss_mib()
-    encoded = [codec.encode(np.ascontiguousarray(frame)) for frame in frames]
-    encode = median_seconds(lambda: [codec.encode(np.ascontiguousarray(frame)) for frame in frames], repeats=3)
+    encoded = [codec.encode(np.ascontiguousarray(frame)) for frame in frames]  # also the timing's warm-up
+    encode = median_seconds(lambda: [codec.encode(np.ascontiguousarray(frame)) for frame in frames], repeats=3,
+                            warmup=False)
     out = np.empty(frames.shape[1:], dtype=frames.dtype)
     decode = median_seconds(lambda: [codec.decode(chunk, out=out) for chunk in encoded], repeats=3)
     size = sum(len(chunk) for chunk in encoded) / len(encoded)
@@ -243,10 +244,11 @@ def measure_sustained(store: str, rate: float, workers: int, batches: int, batch
 
     from neurostorm.data.loading import SPARE_BATCHES, ClipLoader
 
-    warmup = 1 + workers * (2 + SPARE_BATCHES)  # the workers start and allocate the segments they will reuse
+    prefetch = 2  # the training loader's data.prefetch_batches
+    warmup = 1 + workers * (prefetch + SPARE_BATCHES)  # the workers start and allocate the segments they reuse
     dataset, order = _clip_order(store, (warmup + batches) * batch_size)
     loader = ClipLoader(Subset(dataset, order), batch_size=batch_size, num_workers=workers,
-                        prefetch_factor=2 if workers else None, persistent_workers=workers > 0)
+                        prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0)
     peak, done = [0.0], threading.Event()
 
     def sample_memory() -> None:
